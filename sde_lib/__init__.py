@@ -1,0 +1,27 @@
+"""The mathematical core of nidiff: noise covariances and SDEs (MATH.md 1-4)."""
+
+from .covariance import Covariance, GFFCovariance, IdentityCovariance, SpectralCovariance, frequency_norm
+from .quantization import dequantize, nats_to_bpd
+from .schedules import DDPMSchedule, cas_noise_scale, ddpm_schedule, geometric_sigmas
+from .sde import NIVESDE, NIVPSDE, SDE, VESDE, VPSDE, ReverseSDE, SubVPSDE
+
+__all__ = [
+    "Covariance",
+    "IdentityCovariance",
+    "SpectralCovariance",
+    "GFFCovariance",
+    "frequency_norm",
+    "SDE",
+    "ReverseSDE",
+    "NIVPSDE",
+    "VPSDE",
+    "SubVPSDE",
+    "NIVESDE",
+    "VESDE",
+    "DDPMSchedule",
+    "ddpm_schedule",
+    "geometric_sigmas",
+    "cas_noise_scale",
+    "dequantize",
+    "nats_to_bpd",
+]

@@ -1,0 +1,30 @@
+"""nidiff: score-based diffusion with non-isotropic (spectral / Gaussian Free Field) Gaussian noise."""
+
+from setuptools import find_packages, setup
+
+PACKAGES = ["sde_lib", "kernels", "models", "samplers", "training", "evaluation"]
+
+setup(
+    name="nidiff",
+    version="0.1.0",
+    description="Score-SDE diffusion with non-isotropic Gaussian noise (GFF and any stationary spectrum)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=[f"{p}*" for p in PACKAGES]),
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        'triton; platform_system == "Linux"',
+        "numpy",
+        "scipy",
+        "torchdiffeq",
+        "clean-fid",
+        "tqdm",
+        "pillow",
+        "scikit-learn",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
+    },
+)

@@ -1,6 +1,7 @@
 """The mathematical core of nidiff: noise covariances and SDEs (MATH.md 1-4)."""
 
 from .covariance import Covariance, GFFCovariance, IdentityCovariance, SpectralCovariance, frequency_norm
+from .factory import SDE_NAMES, make_sde
 from .quantization import dequantize, nats_to_bpd
 from .schedules import DDPMSchedule, cas_noise_scale, ddpm_schedule, geometric_sigmas
 from .sde import NIVESDE, NIVPSDE, SDE, VESDE, VPSDE, ReverseSDE, SubVPSDE
@@ -22,6 +23,8 @@ __all__ = [
     "ddpm_schedule",
     "geometric_sigmas",
     "cas_noise_scale",
+    "SDE_NAMES",
+    "make_sde",
     "dequantize",
     "nats_to_bpd",
 ]

@@ -1,0 +1,47 @@
+"""Sample-quality metrics: Frechet distance, precision/recall, FID/KID via clean-fid, and the digits metric space."""
+
+from .cleanfid_metrics import (
+    MODES,
+    FeatureExtractor,
+    InceptionUnavailableError,
+    compare_folders,
+    compare_to_reference,
+    fid_folders,
+    folder_features,
+    kernel_inception_distance,
+)
+from .digits_classifier import (
+    DigitsClassifier,
+    accuracy,
+    cleanfid_extractor,
+    load_or_train_digits_classifier,
+    train_digits_classifier,
+)
+from .frechet import frechet_distance, frechet_distance_of_features, gaussian_fit
+from .images import save_grid, save_png_folder, to_uint8
+from .knn_precision_recall import knn_radii, manifold_coverage, precision_recall
+
+__all__ = [
+    "MODES",
+    "FeatureExtractor",
+    "InceptionUnavailableError",
+    "compare_folders",
+    "compare_to_reference",
+    "fid_folders",
+    "folder_features",
+    "kernel_inception_distance",
+    "DigitsClassifier",
+    "accuracy",
+    "cleanfid_extractor",
+    "load_or_train_digits_classifier",
+    "train_digits_classifier",
+    "frechet_distance",
+    "frechet_distance_of_features",
+    "gaussian_fit",
+    "save_grid",
+    "save_png_folder",
+    "to_uint8",
+    "knn_radii",
+    "manifold_coverage",
+    "precision_recall",
+]

@@ -1,0 +1,71 @@
+"""Argument checks shared by the torch reference and the Triton kernels (clear errors naming the argument)."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+from sde_lib.covariance import Covariance
+
+__all__ = ["FLOAT_DTYPES", "compute_dtype", "check_cov", "check_images", "check_like", "coefficient", "noise_shape"]
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic precision for a tensor dtype: float64 stays float64, everything else runs in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_cov(cov: object) -> Covariance:
+    if not isinstance(cov, Covariance):
+        raise TypeError(f"cov must be a sde_lib.covariance.Covariance, got {type(cov).__name__}")
+    return cov
+
+
+def noise_shape(cov: Covariance) -> tuple[int, int, int]:
+    """The (C, H, W) shape that gff_noise draws for `cov`; needs a covariance built with a shape."""
+    if cov.shape is None:
+        raise ValueError("cov has no shape: gff_noise needs a covariance built with shape=(C, H, W)")
+    return cov.shape
+
+
+def check_images(x: object, cov: Covariance, name: str) -> Tensor:
+    """A real floating (B, C, H, W) tensor whose (C, H, W) matches cov.shape (when the covariance has one)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if cov.shape is not None and tuple(x.shape[1:]) != cov.shape:
+        raise ValueError(f"{name} must have shape (B, {', '.join(map(str, cov.shape))}), got {tuple(x.shape)}")
+    return x
+
+
+def check_like(y: object, x: Tensor, name: str, like: str) -> Tensor:
+    """`y` has the shape, dtype and device of `x` (named `like` in the message)."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+    if y.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of {like} {tuple(x.shape)}, got {tuple(y.shape)}")
+    if y.dtype != x.dtype or y.device != x.device:
+        raise TypeError(
+            f"{name} must have the dtype and device of {like} ({x.dtype}, {x.device}), got {y.dtype}, {y.device}"
+        )
+    return y
+
+
+def coefficient(c: object, batch: int, dtype: torch.dtype, device: torch.device, name: str) -> Tensor:
+    """A per-sample coefficient as a (B,) tensor of `dtype` on `device`: a real number, a 0-d or a (B,) tensor."""
+    if isinstance(c, Tensor):
+        if c.is_complex() or c.dtype == torch.bool:
+            raise TypeError(f"{name} must be real, got dtype {c.dtype}")
+        if c.dim() > 1 or (c.dim() == 1 and c.shape[0] != batch):
+            raise ValueError(f"{name} must be a number, a 0-d tensor or have shape ({batch},), got {tuple(c.shape)}")
+        return c.to(device=device, dtype=dtype).expand(batch)
+    if isinstance(c, bool) or not isinstance(c, numbers.Real):
+        raise TypeError(f"{name} must be a real number or a tensor, got {type(c).__name__}")
+    return torch.full((batch,), float(c), dtype=dtype, device=device)

@@ -1,0 +1,106 @@
+"""Plain-torch reference of the kernels: the covariance operators (torch.fft) plus the shared noise rule.
+
+Used on the CPU, as the differentiable path, and as the oracle of the Triton kernels in the tests. Arithmetic
+runs in float32 (float64 for float64 tensors); float16/bfloat16 results are cast back to the input dtype.
+Sample i's white noise is `kernels.noise.white_noise(seed, B, (C, H, W))[i]`, a function of (seed, i) only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from kernels.args import check_cov, check_images, check_like, coefficient, compute_dtype, noise_shape
+from kernels.noise import check_seed, white_noise
+from sde_lib.covariance import Covariance
+
+__all__ = ["gff_noise", "perturb", "ni_update", "score_scale"]
+
+
+def _per_sample(c: Tensor) -> Tensor:
+    return c[:, None, None, None]
+
+
+def gff_noise(
+    cov: Covariance,
+    n: int,
+    seed: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """n draws of GFF (Sigma-coloured) noise: white eps ~ N(0, I) and g = Sigma^{1/2} eps ~ N(0, Sigma) (MATH.md 1.4).
+
+    Shapes (n, *cov.shape). `dtype` defaults to torch's default dtype, `device` to torch's default device.
+    """
+    shape = noise_shape(check_cov(cov))
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
+    device = torch.get_default_device() if device is None else torch.device(device)
+    eps = white_noise(check_seed(seed), n, shape, compute_dtype(dtype), device)
+    return eps.to(dtype), cov.sqrt_mul(eps).to(dtype)
+
+
+def perturb(x0: Tensor, a: Tensor | float, s: Tensor | float, cov: Covariance, seed: int) -> tuple[Tensor, Tensor]:
+    """Forward perturbation x_t = a x0 + s Sigma^{1/2} eps, eps ~ N(0, I) white; returns (x_t, eps) (MATH.md 2-4).
+
+    a, s: per-sample coefficients, (B,) tensors or numbers (e.g. a = sqrt(abar_t), s = sqrt(1 - abar_t) for
+    NI-DDPM, a = 1, s = sigma for NI-VE). eps is gff_noise(cov, B, seed)'s eps.
+    """
+    cov = check_cov(cov)
+    x0 = check_images(x0, cov, "x0")
+    B, work = x0.shape[0], compute_dtype(x0.dtype)
+    a = _per_sample(coefficient(a, B, work, x0.device, "a"))
+    s = _per_sample(coefficient(s, B, work, x0.device, "s"))
+    eps = white_noise(check_seed(seed), B, tuple(x0.shape[1:]), work, x0.device)
+    x_t = a * x0.to(work) + cov.sqrt_mul(s * eps)
+    return x_t.to(x0.dtype), eps.to(x0.dtype)
+
+
+def _is_zero(c: Tensor | float) -> bool:
+    return bool((c == 0).all()) if isinstance(c, Tensor) else c == 0
+
+
+def ni_update(
+    x: Tensor,
+    eps_theta: Tensor,
+    c_x: Tensor | float,
+    c_eps: Tensor | float,
+    c_z: Tensor | float,
+    cov: Covariance,
+    seed: int | None,
+) -> Tensor:
+    """One non-isotropic sampler step x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z) (MATH.md 2-4).
+
+    z ~ N(0, I) white is gff_noise(cov, B, seed)'s eps. c_*: per-sample (B,) tensors or numbers. When c_z is
+    zero the noise term vanishes and is not drawn; seed=None is allowed only then (a deterministic step).
+    """
+    cov = check_cov(cov)
+    x = check_images(x, cov, "x")
+    eps_theta = check_like(eps_theta, x, "eps_theta", "x")
+    B, work = x.shape[0], compute_dtype(x.dtype)
+    c_x = _per_sample(coefficient(c_x, B, work, x.device, "c_x"))
+    c_eps = _per_sample(coefficient(c_eps, B, work, x.device, "c_eps"))
+    seed = None if seed is None else check_seed(seed)
+    v = c_eps * eps_theta.to(work)
+    if seed is None:
+        if not _is_zero(c_z):
+            raise ValueError("seed=None means a step without noise, so c_z must be zero")
+    elif not _is_zero(c_z):
+        z = white_noise(seed, B, tuple(x.shape[1:]), work, x.device)
+        v = v + _per_sample(coefficient(c_z, B, work, x.device, "c_z")) * z
+    return (c_x * x.to(work) + cov.sqrt_mul(v)).to(x.dtype)
+
+
+def score_scale(eps_theta: Tensor, s: Tensor | float, cov: Covariance) -> Tensor:
+    """The score of an eps-model, -Sigma^{-1/2} eps_theta / s (MATH.md 2-4); s: marginal std, (B,) or a number.
+
+    Raises ValueError for a singular covariance (no Sigma^{-1/2}).
+    """
+    cov = check_cov(cov)
+    eps_theta = check_images(eps_theta, cov, "eps_theta")
+    B, work = eps_theta.shape[0], compute_dtype(eps_theta.dtype)
+    s = _per_sample(coefficient(s, B, work, eps_theta.device, "s"))
+    return (-cov.inv_sqrt_mul(eps_theta.to(work)) / s).to(eps_theta.dtype)

@@ -1,0 +1,431 @@
+"""Fused Triton kernels for the four operations of `kernels` (same signatures as `kernels.reference`).
+
+All four are one fused step (MATH.md 1.4, 2-4)
+
+    out = alpha x + Sigma^p (beta u + gamma z),      z = white noise of (seed, sample, position),
+
+with per-sample alpha, beta, gamma, p = 1/2 (noise, perturbation, sampler update) or -1/2 (score), and
+terms switched off at compile time when absent. Sigma^p is the spectral multiplier lambda^p of the covariance
+(MATH.md 1.3); it is applied as follows:
+
+* H, W <= 64: inside the kernel, one program per (sample, channel) image, as a 2-D discrete Hartley
+  transform by matrix products (`tl.dot` with cos/sin tables): with C_n[k, j] = cos(2 pi k j / n) and
+  S_n likewise, DHT(v) = C_H v (C_W + S_W) + S_H v (C_W - S_W), and because lambda^p is even under k -> -k,
+  Sigma^p v = DHT(lambda^p * DHT(v)) / (H W). Tiles are padded with zeros to powers of two >= 16, so that
+  tl.dot also compiles on a GPU for 8 x 8 images. Noise, filter, scaling and axpy are fused: one read of each
+  input, one write of each output.
+* larger images: a fused pointwise kernel forms beta u + gamma z, torch.fft applies lambda^p
+  (rfft2, multiply, irfft2), and the same pointwise kernel adds alpha x.
+* IdentityCovariance: Sigma^p = I, a single pointwise kernel, no spectral work.
+
+Noise follows `kernels.noise` exactly (tl.random.philox with uint64 counters = Philox4x64-10). Arithmetic runs
+in float32 (float64 for float64 tensors; tl.dot in IEEE precision), loads are cast up first and results cast
+back to the tensor dtype. The kernels do not record autograd (the dispatcher sends such calls to the reference).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.args import check_cov, check_images, check_like, coefficient, compute_dtype, noise_shape
+from kernels.noise import CLAMP, NORMALS_PER_COUNTER, SCALE, TWO_PI, check_seed
+from sde_lib.covariance import Covariance, IdentityCovariance
+
+__all__ = ["MAX_DFT_SIZE", "gff_noise", "perturb", "ni_update", "score_scale"]
+
+MAX_DFT_SIZE = 64  # images up to 64 x 64 are filtered inside the kernel; larger ones go through torch.fft
+_MIN_DOT = 16  # smallest tl.dot tile side on a GPU
+_POINTWISE_ELEMENTS = 4096  # elements per program of the pointwise kernel
+
+_SCALE: tl.constexpr = tl.constexpr(SCALE)
+_TWO_PI: tl.constexpr = tl.constexpr(TWO_PI)
+_CLAMP: tl.constexpr = tl.constexpr(CLAMP)
+_LOW32: tl.constexpr = tl.constexpr(0xFFFFFFFF)
+
+
+# ---- noise ---------------------------------------------------------------------------------------------------
+@triton.jit
+def _uniform(half, COMPUTE: tl.constexpr):
+    """triton's uint_to_uniform_float of a uint32, in COMPUTE precision."""
+    x = half.to(tl.int32, bitcast=True)
+    x = tl.where(x < 0, ~x, x)
+    return x.to(COMPUTE) * _SCALE
+
+
+@triton.jit
+def _box_muller(word, COMPUTE: tl.constexpr):
+    """Two normals from the (low, high) uint32 halves of a uint64 Philox word."""
+    u0 = _uniform((word & _LOW32).to(tl.uint32), COMPUTE)
+    u1 = _uniform((word >> 32).to(tl.uint32), COMPUTE)
+    r = tl.sqrt(-2.0 * tl.log(tl.maximum(u0, _CLAMP)))
+    t = _TWO_PI * u1
+    return r * tl.cos(t), r * tl.sin(t)
+
+
+@triton.jit
+def _normals(seed, rows, Wo, q0, BLOCK_W: tl.constexpr, COMPUTE: tl.constexpr):
+    """(len(rows), BLOCK_W) normals of image rows `rows` (int64), columns 8 q0 .. 8 q0 + BLOCK_W - 1.
+
+    Column w of row r takes normal w % 8 of counter r * Wo + w // 8 (the rule of kernels.noise).
+    """
+    q = q0 + tl.arange(0, BLOCK_W // 8)
+    n = (rows[:, None] * Wo + q[None, :]).to(tl.uint64)
+    zero = n * 0
+    w0, w1, w2, w3 = tl.random.philox(seed, n, zero, zero, zero)
+    c0, s0 = _box_muller(w0, COMPUTE)
+    c1, s1 = _box_muller(w1, COMPUTE)
+    c2, s2 = _box_muller(w2, COMPUTE)
+    c3, s3 = _box_muller(w3, COMPUTE)
+    # [..., a, b] of join(join(x0, x2), join(x1, x3)) is x_{2a + b}; the last join puts (cos, sin) innermost.
+    cosines = tl.join(tl.join(c0, c2), tl.join(c1, c3))
+    sines = tl.join(tl.join(s0, s2), tl.join(s1, s3))
+    return tl.reshape(tl.join(cosines, sines), (rows.shape[0], BLOCK_W))
+
+
+# ---- kernels -------------------------------------------------------------------------------------------------
+@triton.jit
+def _pointwise_kernel(
+    out_ptr,
+    noise_ptr,
+    x_ptr,
+    u_ptr,
+    alpha_ptr,
+    beta_ptr,
+    gamma_ptr,
+    seed,
+    n_rows,
+    rows_per_sample,
+    W,
+    Wo,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    HAS_X: tl.constexpr,
+    HAS_U: tl.constexpr,
+    HAS_NOISE: tl.constexpr,
+    STORE_NOISE: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
+    """out = alpha x + beta u + gamma z on the (B C H, W) row view; coefficients per sample = row // (C H)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    row_ok = rows < n_rows
+    mask = row_ok[:, None] & (cols < W)[None, :]
+    offs = rows[:, None] * W + cols[None, :]
+    sample = rows // rows_per_sample
+    out = tl.zeros((BLOCK_R, BLOCK_W), dtype=COMPUTE)
+    if HAS_X:
+        alpha = tl.load(alpha_ptr + sample, mask=row_ok, other=0.0)
+        out += alpha[:, None] * tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    if HAS_U:
+        beta = tl.load(beta_ptr + sample, mask=row_ok, other=0.0)
+        out += beta[:, None] * tl.load(u_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    if HAS_NOISE:
+        z = _normals(seed, rows, Wo, tl.program_id(1) * (BLOCK_W // 8), BLOCK_W, COMPUTE)
+        if STORE_NOISE:
+            tl.store(noise_ptr + offs, z.to(noise_ptr.dtype.element_ty), mask=mask)
+        gamma = tl.load(gamma_ptr + sample, mask=row_ok, other=0.0)
+        out += gamma[:, None] * z
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dht(v, ch, sh, cps, cms):
+    """Unnormalised 2-D discrete Hartley transform C_H v (C_W + S_W) + S_H v (C_W - S_W) of a padded tile."""
+    a = tl.dot(ch, v, input_precision="ieee")
+    b = tl.dot(sh, v, input_precision="ieee")
+    return tl.dot(a, cps, input_precision="ieee") + tl.dot(b, cms, input_precision="ieee")
+
+
+@triton.jit
+def _spectral_kernel(
+    out_ptr,
+    noise_ptr,
+    x_ptr,
+    u_ptr,
+    alpha_ptr,
+    beta_ptr,
+    gamma_ptr,
+    filter_ptr,
+    ch_ptr,
+    sh_ptr,
+    cps_ptr,
+    cms_ptr,
+    seed,
+    C,
+    H,
+    W,
+    Wo,
+    HP: tl.constexpr,
+    WP: tl.constexpr,
+    HAS_X: tl.constexpr,
+    HAS_U: tl.constexpr,
+    HAS_NOISE: tl.constexpr,
+    STORE_NOISE: tl.constexpr,
+    COMPUTE: tl.constexpr,
+):
+    """out = alpha x + Sigma^p (beta u + gamma z) for one (sample, channel) image, padded to (HP, WP).
+
+    filter_ptr: (C, HP, WP) = lambda^p / (H W), zero-padded; ch/sh: (HP, HP) and cps/cms: (WP, WP) = C_W +- S_W.
+    """
+    image = tl.program_id(0).to(tl.int64)  # = sample * C + channel
+    sample = image // C
+    channel = image % C
+    h = tl.arange(0, HP)
+    w = tl.arange(0, WP)
+    mask = (h < H)[:, None] & (w < W)[None, :]
+    offs = image * H * W + h[:, None] * W + w[None, :]
+    v = tl.zeros((HP, WP), dtype=COMPUTE)
+    if HAS_U:
+        v += tl.load(beta_ptr + sample) * tl.load(u_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    if HAS_NOISE:
+        z = tl.where(mask, _normals(seed, image * H + h, Wo, 0, WP, COMPUTE), 0.0)
+        if STORE_NOISE:
+            tl.store(noise_ptr + offs, z.to(noise_ptr.dtype.element_ty), mask=mask)
+        v += tl.load(gamma_ptr + sample) * z
+    square_h = h[:, None] * HP + h[None, :]
+    square_w = w[:, None] * WP + w[None, :]
+    ch = tl.load(ch_ptr + square_h)
+    sh = tl.load(sh_ptr + square_h)
+    cps = tl.load(cps_ptr + square_w)
+    cms = tl.load(cms_ptr + square_w)
+    spectrum = _dht(v, ch, sh, cps, cms) * tl.load(filter_ptr + channel * HP * WP + h[:, None] * WP + w[None, :])
+    out = _dht(spectrum, ch, sh, cps, cms)
+    if HAS_X:
+        out += tl.load(alpha_ptr + sample) * tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---- host side -----------------------------------------------------------------------------------------------
+def _padded(n: int) -> int:
+    return max(_MIN_DOT, triton.next_power_of_2(n))
+
+
+def _triton_dtype(dtype: torch.dtype) -> tl.dtype:
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+@functools.lru_cache(maxsize=64)
+def _hartley_tables(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(cos, sin) tables cos(2 pi k j / n), sin(2 pi k j / n), zero-padded to (P, P), P = _padded(n)."""
+    P = _padded(n)
+    k = torch.arange(n, dtype=torch.int64)
+    angle = (2 * math.pi / n) * ((k[:, None] * k[None, :]) % n).to(torch.float64)
+    cos = torch.zeros(P, P, dtype=torch.float64)
+    sin = torch.zeros(P, P, dtype=torch.float64)
+    cos[:n, :n], sin[:n, :n] = torch.cos(angle), torch.sin(angle)
+    return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
+
+
+_FILTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _spectral_filter(cov: Covariance, power: float, shape: tuple[int, int, int], dtype, device) -> Tensor | None:
+    """lambda^power of `cov` laid out for the kernels, or None for the identity operator (no spectral work).
+
+    H, W <= 64: (C, HP, WP) full spectrum divided by H W (the inverse Hartley normalisation), zero-padded;
+    otherwise (C, H, W // 2 + 1), the rfft2 half spectrum.
+    """
+    if isinstance(cov, IdentityCovariance):
+        return None
+    if power < 0 and cov.is_singular:
+        raise ValueError("score_scale: this covariance is singular (a zero eigenvalue), so Sigma^-1/2 does not exist")
+    cache = _FILTERS.setdefault(cov, {})
+    key = (power, dtype, device)
+    if key not in cache:
+        C, H, W = shape
+        lam = cov.eigenvalues().pow(power)
+        if H <= MAX_DFT_SIZE and W <= MAX_DFT_SIZE:
+            table = torch.zeros(C, _padded(H), _padded(W), dtype=torch.float64)
+            table[:, :H, :W] = lam / (H * W)
+        else:
+            table = lam[..., : W // 2 + 1]
+        cache[key] = table.to(device=device, dtype=dtype).contiguous()
+    return cache[key]
+
+
+def _fused_step(
+    out: Tensor,
+    cov: Covariance,
+    power: float,
+    x: Tensor | None = None,
+    alpha: Tensor | None = None,
+    u: Tensor | None = None,
+    beta: Tensor | None = None,
+    seed: int | None = None,
+    gamma: Tensor | None = None,
+    noise_out: Tensor | None = None,
+) -> None:
+    """out = alpha x + Sigma^power (beta u + gamma z(seed)) in place; z also written to noise_out if given.
+
+    out, x, u, noise_out: contiguous (B, C, H, W); alpha, beta, gamma: (B,) in the compute dtype.
+    """
+    B, C, H, W = out.shape
+    if out.numel() == 0:
+        return
+    work = compute_dtype(out.dtype)
+    flt = _spectral_filter(cov, power, (C, H, W), work, out.device)
+    flags = dict(HAS_U=u is not None, HAS_NOISE=seed is not None, STORE_NOISE=noise_out is not None)
+    dummy = out
+    seed = 0 if seed is None else seed
+    Wo = -(-W // NORMALS_PER_COUNTER)
+    if flt is not None and flt.shape[-1] == _padded(W):
+        ch, sh = _hartley_tables(H, work, out.device)
+        cw, sw = _hartley_tables(W, work, out.device)
+        cps, cms = cw + sw, cw - sw
+        HP, WP = ch.shape[0], cw.shape[0]
+        _spectral_kernel[(B * C,)](
+            out,
+            dummy if noise_out is None else noise_out,
+            dummy if x is None else x,
+            dummy if u is None else u,
+            dummy if alpha is None else alpha,
+            dummy if beta is None else beta,
+            dummy if gamma is None else gamma,
+            flt,
+            ch,
+            sh,
+            cps,
+            cms,
+            seed,
+            C,
+            H,
+            W,
+            Wo,
+            HP=HP,
+            WP=WP,
+            HAS_X=x is not None,
+            COMPUTE=_triton_dtype(work),
+            num_warps=8 if max(HP, WP) >= 64 else 4,
+            **flags,
+        )
+        return
+    rows = B * C * H
+    BLOCK_W = min(triton.next_power_of_2(max(W, NORMALS_PER_COUNTER)), 256)
+    BLOCK_R = max(1, _POINTWISE_ELEMENTS // BLOCK_W)
+    grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(W, BLOCK_W))
+
+    def pointwise(dst, x_, alpha_, u_, beta_, **flags_) -> None:
+        _pointwise_kernel[grid](
+            dst,
+            dummy if noise_out is None else noise_out,
+            dummy if x_ is None else x_,
+            dummy if u_ is None else u_,
+            dummy if alpha_ is None else alpha_,
+            dummy if beta_ is None else beta_,
+            dummy if gamma is None else gamma,
+            seed,
+            rows,
+            C * H,
+            W,
+            Wo,
+            BLOCK_R=BLOCK_R,
+            BLOCK_W=BLOCK_W,
+            HAS_X=x_ is not None,
+            COMPUTE=_triton_dtype(work),
+            **flags_,
+        )
+
+    if flt is None:
+        pointwise(out, x, alpha, u, beta, **flags)
+        return
+    v = torch.empty(out.shape, dtype=work, device=out.device)
+    pointwise(v, None, None, u, beta, **flags)
+    filtered = torch.fft.irfft2(torch.fft.rfft2(v).mul_(flt), s=(H, W))
+    ones = torch.ones(B, dtype=work, device=out.device)
+    pointwise(out, x, alpha, filtered, ones, HAS_U=True, HAS_NOISE=False, STORE_NOISE=False)
+
+
+def gff_noise(
+    cov: Covariance,
+    n: int,
+    seed: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """White eps and g = Sigma^{1/2} eps, (n, *cov.shape) (MATH.md 1.4); see kernels.reference.gff_noise."""
+    shape = noise_shape(check_cov(cov))
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
+    device = torch.get_default_device() if device is None else torch.device(device)
+    eps = torch.empty((n, *shape), dtype=dtype, device=device)
+    g = torch.empty_like(eps)
+    ones = torch.ones(n, dtype=compute_dtype(dtype), device=device)
+    _fused_step(g, cov, 0.5, seed=check_seed(seed), gamma=ones, noise_out=eps)
+    return eps, g
+
+
+def perturb(x0: Tensor, a: Tensor | float, s: Tensor | float, cov: Covariance, seed: int) -> tuple[Tensor, Tensor]:
+    """x_t = a x0 + s Sigma^{1/2} eps and eps (MATH.md 2-4); see kernels.reference.perturb."""
+    cov = check_cov(cov)
+    x0 = check_images(x0, cov, "x0")
+    B, work = x0.shape[0], compute_dtype(x0.dtype)
+    a = coefficient(a, B, work, x0.device, "a").contiguous()
+    s = coefficient(s, B, work, x0.device, "s").contiguous()
+    seed = check_seed(seed)
+    x_t = torch.empty_like(x0, memory_format=torch.contiguous_format)
+    eps = torch.empty_like(x0, memory_format=torch.contiguous_format)
+    _fused_step(x_t, cov, 0.5, x=x0.contiguous(), alpha=a, seed=seed, gamma=s, noise_out=eps)
+    return x_t, eps
+
+
+def ni_update(
+    x: Tensor,
+    eps_theta: Tensor,
+    c_x: Tensor | float,
+    c_eps: Tensor | float,
+    c_z: Tensor | float,
+    cov: Covariance,
+    seed: int | None,
+) -> Tensor:
+    """x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z) (MATH.md 2-4); see kernels.reference.ni_update.
+
+    The noise is skipped when seed is None or c_z is the number 0 (a tensor c_z is not inspected, which would
+    synchronise the device: zeros there multiply the noise to exactly zero).
+    """
+    cov = check_cov(cov)
+    x = check_images(x, cov, "x")
+    eps_theta = check_like(eps_theta, x, "eps_theta", "x")
+    B, work = x.shape[0], compute_dtype(x.dtype)
+    c_x = coefficient(c_x, B, work, x.device, "c_x").contiguous()
+    c_eps = coefficient(c_eps, B, work, x.device, "c_eps").contiguous()
+    if seed is None:
+        if not (bool((c_z == 0).all()) if isinstance(c_z, Tensor) else c_z == 0):
+            raise ValueError("seed=None means a step without noise, so c_z must be zero")
+    else:
+        seed = check_seed(seed)
+    noisy = seed is not None and (isinstance(c_z, Tensor) or c_z != 0)
+    gamma = coefficient(c_z, B, work, x.device, "c_z").contiguous() if noisy else None
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _fused_step(
+        out,
+        cov,
+        0.5,
+        x=x.contiguous(),
+        alpha=c_x,
+        u=eps_theta.contiguous(),
+        beta=c_eps,
+        seed=seed if noisy else None,
+        gamma=gamma,
+    )
+    return out
+
+
+def score_scale(eps_theta: Tensor, s: Tensor | float, cov: Covariance) -> Tensor:
+    """-Sigma^{-1/2} eps_theta / s (MATH.md 2-4); see kernels.reference.score_scale."""
+    cov = check_cov(cov)
+    eps_theta = check_images(eps_theta, cov, "eps_theta")
+    B, work = eps_theta.shape[0], compute_dtype(eps_theta.dtype)
+    minus_inv_s = -1.0 / coefficient(s, B, work, eps_theta.device, "s")
+    out = torch.empty_like(eps_theta, memory_format=torch.contiguous_format)
+    _fused_step(out, cov, -0.5, u=eps_theta.contiguous(), beta=minus_inv_s.contiguous())
+    return out

@@ -1,0 +1,73 @@
+"""Training of eps-predicting score networks with non-isotropic noise (MATH.md 2-4).
+
+Public API (stable):
+
+    from training import TrainConfig, train, load_checkpoint, load_model, score_fn_for, CheckpointError
+
+    cfg = TrainConfig(workdir="runs/digits_nivp", dataset="digits", model="digits", sde="nivp", loss="dsm",
+                      noise="gff", steps=2000, batch_size=128)
+    result = train(cfg, progress=True)
+        # Resumes from the newest readable checkpoint in cfg.workdir (an unreadable newest one is skipped with a
+        # warning) and trains to cfg.steps. Returns {"step", "start_step", "losses", "stopped_by", "checkpoint",
+        # "seconds"}. SIGTERM / SIGINT: the current step finishes, a checkpoint is written, train returns
+        # (stopped_by = the signal's name). A non-finite loss or gradient raises FloatingPointError naming the step.
+        # Under torchrun (WORLD_SIZE > 1) it trains with DDP (gloo on CPU, nccl on CUDA); rank 0 alone writes.
+    model, sde, cfg = load_model("runs/digits_nivp", ema=True, device="cpu")   # eval mode, EMA weights
+    score_fn = score_fn_for(model, sde, cfg.loss)                                # for sde.reverse / samplers
+    ckpt = load_checkpoint("runs/digits_nivp")     # payload dict of the newest readable checkpoint (or of a file)
+
+Files in a workdir: checkpoints/ckpt_<step>.pt (the last cfg.keep), metrics.jsonl (one JSON line every
+cfg.log_every steps: step, loss, grad_norm, lr, steps_per_s, images_per_s, time), samples/step_<step>.png (every
+cfg.sample_every steps, EMA weights).
+
+Checkpoints load with torch.load(weights_only=True): CheckpointError (a ValueError) for a missing, truncated or
+corrupted file, UnsafeCheckpointError (a CheckpointError) for a pickle that would run code (it is not run).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from sde_lib import SDE
+
+from .build import build_model, build_sde
+from .checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
+from .config import LOSS_NAMES, TrainConfig
+from .loop import train
+from .losses import DiffusionLoss, DSMLoss, NCSNLoss, NIDDPMLoss, get_loss, score_fn_for
+
+__all__ = [
+    "TrainConfig",
+    "LOSS_NAMES",
+    "train",
+    "load_checkpoint",
+    "load_model",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "DiffusionLoss",
+    "NIDDPMLoss",
+    "DSMLoss",
+    "NCSNLoss",
+    "get_loss",
+    "score_fn_for",
+]
+
+
+def load_model(
+    path_or_workdir: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, SDE, TrainConfig]:
+    """(network in eval mode, its SDE, its TrainConfig) from a checkpoint file or a workdir's newest readable one.
+
+    ema=True loads the EMA weights (for sampling and evaluation), ema=False the raw training weights. The SDE
+    is rebuilt from the config (and the stored spectrum for noise="data").
+    """
+    ckpt = load_checkpoint(path_or_workdir)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["ema"]["weights"] if ema else ckpt["model"])
+    model.to(device).eval()
+    sde = build_sde(cfg, tuple(model.config.image_shape), ckpt["noise_spectrum"])
+    return model, sde, cfg

@@ -1,0 +1,69 @@
+"""Build a run's network, noise covariance and SDE from its TrainConfig (shared by training and loading)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from sde_lib import SDE, SpectralCovariance, make_sde
+
+from .config import TrainConfig
+
+__all__ = ["NOISE_FIT_MAX_IMAGES", "build_model", "build_sde", "needs_spectrum", "fit_noise_spectrum", "dataset_images"]
+
+NOISE_FIT_MAX_IMAGES = 10_000
+# SDE names whose covariance the config chooses (noise="gff" | "data"); the others are isotropic by definition.
+_COLOURED_SDES = ("nivp", "nive")
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """models.create_model(cfg.model, **cfg.model_overrides); loss "ncsn" defaults to an unconditional net u(x)."""
+    from models import create_model
+
+    overrides = dict(cfg.model_overrides)
+    if cfg.loss == "ncsn":
+        overrides.setdefault("conditional", False)
+    return create_model(cfg.model, **overrides)
+
+
+def dataset_images(dataset: Dataset, max_images: int | None = None) -> Tensor:
+    """Stack (C, H, W) images of a dataset into (N, C, H, W); at most `max_images`, evenly spaced over it."""
+    n = len(dataset)
+    if n < 1:
+        raise ValueError("the dataset is empty")
+    count = n if max_images is None else min(n, int(max_images))
+    index = torch.linspace(0, n - 1, count).round().long().tolist()
+    return torch.stack([torch.as_tensor(dataset[i]) for i in index])
+
+
+def fit_noise_spectrum(dataset: Dataset) -> Tensor:
+    """Eigenvalues (C, H, W) of SpectralCovariance.from_data on up to NOISE_FIT_MAX_IMAGES training images."""
+    images = dataset_images(dataset, NOISE_FIT_MAX_IMAGES).to(torch.float64)
+    return SpectralCovariance.from_data(images).eigenvalues()
+
+
+def needs_spectrum(cfg: TrainConfig) -> bool:
+    """Whether the run's SDE uses a data-matched covariance (whose spectrum the checkpoint stores)."""
+    return cfg.noise == "data" and cfg.sde in _COLOURED_SDES
+
+
+def build_sde(cfg: TrainConfig, shape: tuple[int, int, int], spectrum: Tensor | None = None) -> SDE:
+    """sde_lib.make_sde for the config; noise="data" needs the fitted `spectrum` (C, H, W)."""
+    cov = None
+    if needs_spectrum(cfg):
+        if spectrum is None:
+            raise ValueError("noise='data' needs the fitted spectrum (fit_noise_spectrum or the checkpoint's)")
+        cov = SpectralCovariance(shape, spectrum)
+    return make_sde(
+        cfg.sde,
+        tuple(shape),
+        cov=cov,
+        power=cfg.gff_power,
+        dc=cfg.dc,
+        N=cfg.num_scales,
+        beta_min=cfg.beta_min,
+        beta_max=cfg.beta_max,
+        sigma_min=cfg.sigma_min,
+        sigma_max=cfg.sigma_max,
+    )

@@ -1,0 +1,123 @@
+"""`TrainConfig`: every setting of a training run, stored in its checkpoints as a plain dict."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from sde_lib import SDE_NAMES
+
+__all__ = ["TrainConfig", "LOSS_NAMES", "NOISE_NAMES", "RUN_LENGTH_FIELDS"]
+
+LOSS_NAMES = ("dsm", "ddpm", "ncsn")
+NOISE_NAMES = ("gff", "data")
+
+# Fields that may change when a run is resumed: how long it runs, how often it logs and saves, where it runs.
+# Every other field defines the experiment and must match the checkpoint's.
+RUN_LENGTH_FIELDS = frozenset(
+    {"workdir", "data_root", "steps", "save_every", "keep", "sample_every", "log_every", "device", "sample_steps"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (the loss is MATH.md 2-4; see `training.losses`).
+
+    workdir       directory of the run: checkpoints/, metrics.jsonl, samples/.
+    dataset       a `training.data.load_dataset` name (digits, cifar10, folder); `data_root` its location.
+    model         a `models.create_model` config name; `model_overrides` replaces UNetConfig fields.
+    sde           one of sde_lib.SDE_NAMES; vp / subvp / ve are isotropic and ignore `noise`.
+    noise         "gff": GFFCovariance(shape, gff_power, dc); "data": SpectralCovariance.from_data on the
+                  training images (the spectrum is stored in the checkpoint).
+    loss          "dsm" (continuous, eps-parameterised), "ddpm" (NI-DDPM discrete, VP family), "ncsn"
+                  (unconditional u(x), score u / sigma, VE family).
+    steps         total optimiser steps (a resumed run continues to this number).
+    batch_size    global batch (split evenly over DDP ranks).
+    lr, warmup    AdamW learning rate, reached linearly over `warmup` steps; `weight_decay` AdamW's decay.
+    grad_clip     max global gradient norm (0 disables clipping; the norm is still checked for finiteness).
+    ema_decay     decay of the exponential moving average of the weights.
+    save_every    checkpoint period in steps (a checkpoint is also written at the end and on SIGTERM/SIGINT);
+                  `keep` checkpoints are kept.
+    sample_every  period of the EMA sample grid PNG (0 disables it); `sample_count`, `sample_method`,
+                  `sample_steps` are passed to samplers.sample (method None: the sampler's default).
+    log_every     period of the JSONL metrics line and the progress-bar update.
+    seed          seeds the weights, the data order and the per-step noise seeds.
+    device        "cpu", "cuda" or "cuda:k" (under torchrun each rank uses cuda:LOCAL_RANK).
+    bf16          bfloat16 autocast of the network on CUDA (ignored on CPU).
+    beta_min, beta_max, sigma_min, sigma_max, num_scales   the SDE's parameters (sde_lib.make_sde).
+    """
+
+    workdir: str
+    dataset: str = "digits"
+    data_root: str | None = None
+    model: str = "digits"
+    model_overrides: dict = field(default_factory=dict)
+    sde: str = "nivp"
+    gff_power: float = 1.0
+    dc: str = "one"
+    noise: str = "gff"
+    loss: str = "dsm"
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    save_every: int = 500
+    keep: int = 3
+    sample_every: int = 0
+    sample_count: int = 64
+    sample_method: str | None = None
+    sample_steps: int = 100
+    log_every: int = 50
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = True
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    num_scales: int = 1000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workdir, str) or not self.workdir:
+            raise ValueError(f"workdir must be a non-empty path string, got {self.workdir!r}")
+        if self.sde not in SDE_NAMES:
+            raise ValueError(f"sde must be one of {SDE_NAMES}, got {self.sde!r}")
+        if self.noise not in NOISE_NAMES:
+            raise ValueError(f"noise must be one of {NOISE_NAMES}, got {self.noise!r}")
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise TypeError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        for name in ("steps", "batch_size", "log_every", "keep", "sample_count", "sample_steps", "num_scales"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup", "save_every", "sample_every"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError(f"grad_clip and weight_decay must be >= 0, got {self.grad_clip}, {self.weight_decay}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict:
+        """Plain dict of builtins (what checkpoints store); `TrainConfig.from_dict` inverts it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Rebuild a config from `to_dict()` output; unknown keys are an error (a newer or foreign checkpoint)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        return cls(**d)
+
+    def experiment_mismatch(self, other: TrainConfig) -> dict[str, tuple]:
+        """Fields (outside RUN_LENGTH_FIELDS) whose values differ: {name: (self's, other's)}."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in mine if k not in RUN_LENGTH_FIELDS and mine[k] != theirs[k]}

@@ -62,26 +62,27 @@ def philox_words(seed: int, first: int) -> np.random.Philox:
     return np.random.Philox(key=np.array([check_seed(seed), 0], dtype=np.uint64), counter=counter)
 
 
-_CONSTANTS: dict[torch.dtype, tuple[Tensor, Tensor, Tensor]] = {}
+def _normals(words: np.ndarray, out: np.ndarray) -> None:
+    """Box-Muller of the uint32 halves of Philox words (m, 4) into out (m, 8), in out's dtype.
 
-
-def _constants(dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    if dtype not in _CONSTANTS:
-        _CONSTANTS[dtype] = tuple(torch.tensor(v, dtype=dtype) for v in (SCALE, CLAMP, TWO_PI))
-    return _CONSTANTS[dtype]
-
-
-def _normals(words: np.ndarray, out: Tensor) -> None:
-    """Box-Muller of the uint32 halves of Philox words (m, 4) into out (m, 8), in out's dtype."""
-    scale, clamp, two_pi = _constants(out.dtype)
+    numpy on purpose: single-threaded vectorised loops, so the cost does not depend on thread contention.
+    """
+    real = out.dtype.type
     half = words.view(np.int32)  # little-endian: lo(w0), hi(w0), lo(w1), ...
     half ^= half >> 31  # x' = ~x where x < 0
-    u = torch.from_numpy(half).to(out.dtype).mul_(scale).view(-1, 4, 2)
-    r = u[..., 0].clamp_min_(clamp).log_().mul_(-2.0).sqrt_()
-    t = u[..., 1].mul_(two_pi)
-    pairs = out.view(-1, 4, 2)
-    torch.mul(r, torch.cos(t), out=pairs[..., 0])
-    torch.mul(r, torch.sin(t), out=pairs[..., 1])
+    u = half.astype(out.dtype).reshape(-1, 4, 2)
+    u *= real(SCALE)
+    r = np.maximum(u[..., 0], real(CLAMP))
+    np.log(r, out=r)
+    r *= real(-2.0)
+    np.sqrt(r, out=r)
+    t = u[..., 1]
+    t *= real(TWO_PI)
+    pairs = out.reshape(-1, 4, 2)
+    np.cos(t, out=pairs[..., 0])
+    pairs[..., 0] *= r
+    np.sin(t, out=pairs[..., 1])
+    pairs[..., 1] *= r
 
 
 def white_noise(
@@ -96,13 +97,12 @@ def white_noise(
     Computed on the CPU in float32 (float64 for float64), then cast to `dtype` and moved to `device`.
     """
     C, H, W = shape
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
     Wo = -(-W // NORMALS_PER_COUNTER)
     total = n * C * H * Wo
-    out = torch.empty((total, NORMALS_PER_COUNTER), dtype=compute)
+    out = np.empty((total, NORMALS_PER_COUNTER), dtype=np.float64 if dtype == torch.float64 else np.float32)
     stream = philox_words(seed, 0)
     for start in range(0, total, _CHUNK):
         stop = min(start + _CHUNK, total)
         _normals(stream.random_raw(4 * (stop - start)).reshape(-1, 4), out[start:stop])
-    out = out.view(n, C, H, NORMALS_PER_COUNTER * Wo)[..., :W]
-    return out.to(device=device, dtype=dtype, memory_format=torch.contiguous_format)
+    noise = torch.from_numpy(out).view(n, C, H, NORMALS_PER_COUNTER * Wo)[..., :W]
+    return noise.to(device=device, dtype=dtype, memory_format=torch.contiguous_format)

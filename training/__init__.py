@@ -9,8 +9,9 @@ Public API (stable):
     result = train(cfg, progress=True)
         # Resumes from the newest readable checkpoint in cfg.workdir (an unreadable newest one is skipped with a
         # warning) and trains to cfg.steps. Returns {"step", "start_step", "losses", "stopped_by", "checkpoint",
-        # "seconds"}. SIGTERM / SIGINT: the current step finishes, a checkpoint is written, train returns
-        # (stopped_by = the signal's name). A non-finite loss or gradient raises FloatingPointError naming the step.
+        # "seconds", "model", "ema_model"}. SIGTERM / SIGINT: the current step finishes, a checkpoint is written,
+        # train returns (stopped_by = the signal's name). A non-finite loss or gradient raises FloatingPointError
+        # naming the step.
         # Under torchrun (WORLD_SIZE > 1) it trains with DDP (gloo on CPU, nccl on CUDA); rank 0 alone writes.
     model, sde, cfg = load_model("runs/digits_nivp", ema=True, device="cpu")   # eval mode, EMA weights
     score_fn = score_fn_for(model, sde, cfg.loss)                                # for sde.reverse / samplers

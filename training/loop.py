@@ -265,6 +265,8 @@ class _Trainer:
             "stopped_by": stop,
             "checkpoint": str(self.last_checkpoint),
             "seconds": time.perf_counter() - started,
+            "model": self.model,
+            "ema_model": self.ema.module,
         }
 
 
@@ -274,7 +276,8 @@ def train(cfg: TrainConfig, progress: bool = True, dataset: Dataset | None = Non
     Resumes from the newest readable checkpoint in cfg.workdir and trains until cfg.steps. `dataset`, if given,
     replaces load_dataset(cfg.dataset, ...) (a map-style dataset of (C, H, W) float tensors in [-1, 1]).
     Returns {"step", "start_step", "losses" (this rank's per-step losses of this call), "stopped_by" (the
-    signal name if SIGTERM/SIGINT stopped it early, else None), "checkpoint" (the last one written), "seconds"}.
+    signal name if SIGTERM/SIGINT stopped it early, else None), "checkpoint" (the last one written), "seconds",
+    "model" (the trained network, unwrapped from DDP), "ema_model" (its EMA copy, eval mode)}.
     Raises FloatingPointError naming the step when the loss or the gradient norm is not finite.
     """
     if not isinstance(cfg, TrainConfig):

@@ -39,7 +39,7 @@ def save_sample_grid(
     device = next(model.parameters()).device
     shape = (int(count), *model.config.image_shape)
     generator = torch.Generator(device).manual_seed(int(seed))
-    kwargs = {"steps": int(steps), "generator": generator}
+    kwargs = {"steps": int(steps), "generator": generator, "device": device}
     if method is not None:
         kwargs["method"] = method
     was_training = model.training

@@ -1,0 +1,381 @@
+"""Data sets (training/data.py): pixel map, splits, file layouts, safe download path, and every error path.
+
+CIFAR-10 and image-folder fixtures are tiny files built in tmp_path; nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pathlib
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sde_lib import dequantize
+from training.data import (
+    CIFAR10_DIR,
+    ImageDataset,
+    dataset_levels,
+    download_cifar10,
+    extract_tar,
+    load_dataset,
+    verify_md5,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_CIFAR_SAMPLE = ROOT / ".." / "shared" / "data" / "cifar10" / "sample_1k.npz"
+
+
+# ---- digits --------------------------------------------------------------------------------------------------------
+def test_digits_pixels_levels_and_the_float_map():
+    ds = load_dataset("digits", split="train")
+    assert dataset_levels("digits") == ds.levels == 17
+    assert ds.pixels.dtype == torch.uint8 and ds.pixels.shape[1:] == (1, 8, 8)
+    assert int(ds.pixels.min()) == 0 and int(ds.pixels.max()) == 16
+    x = ds[0]
+    assert x.dtype == torch.float32 and x.shape == (1, 8, 8)
+    # Bin centres of the likelihood's map (MATH.md 5): x = (n + 1/2) 2/17 - 1, inside [-1, 1].
+    all_x = ds.images()
+    torch.testing.assert_close(all_x, dequantize(ds.pixels, 17, u=0.5).float(), rtol=0, atol=1e-6)
+    assert all_x.min().item() == pytest.approx(-1 + 1 / 17) and all_x.max().item() == pytest.approx(1 - 1 / 17)
+    assert torch.equal(torch.stack([ds[i] for i in range(len(ds))]), all_x)
+    # The bin of x, floor((x + 1) L / 2), is the integer level again.
+    assert torch.equal(((all_x.double() + 1) * 17 / 2).floor().to(torch.uint8), ds.pixels)
+
+
+def test_digits_split_sizes_partition_stratification_and_determinism():
+    from sklearn.datasets import load_digits
+
+    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    assert (len(train), len(test)) == (1437, 360)
+    # Train and test partition the 1797 digits: their images (as a multiset, with labels) are the full set.
+    full = load_digits()
+    rows = lambda pix, lab: sorted(p.tobytes() + bytes([y]) for p, y in zip(pix.numpy(), lab.numpy()))  # noqa: E731
+    both = rows(torch.cat([train.pixels, test.pixels]), torch.cat([train.labels, test.labels]))
+    assert both == rows(torch.from_numpy(full.images.astype(np.uint8)[:, None]), torch.from_numpy(full.target))
+    # Stratified: every class is 20% of the test split up to rounding (one image).
+    counts = np.bincount(full.target, minlength=10)
+    assert np.all(np.abs(np.bincount(test.labels.numpy(), minlength=10) - 0.2 * counts) <= 1)
+    # The split is a function of the seed alone.
+    assert torch.equal(load_dataset("digits", split="test", seed=0).pixels, test.pixels)
+    assert not torch.equal(load_dataset("digits", split="test", seed=1).pixels, test.pixels)
+
+
+# ---- CIFAR-10 fixtures ---------------------------------------------------------------------------------------------
+def random_batch(n: int, seed: int) -> dict:
+    """A python-pickle CIFAR-10 batch as the official files hold it: bytes keys, (n, 3072) uint8 rows."""
+    rng = np.random.default_rng(seed)
+    return {
+        b"batch_label": b"fixture",
+        b"labels": rng.integers(0, 10, n).tolist(),
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [b"f%d.png" % i for i in range(n)],
+    }
+
+
+def write_batches(batch_dir: pathlib.Path, sizes=(2, 2, 2, 2, 2), test_size=3) -> dict[str, dict]:
+    batch_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i + 1}" for i in range(len(sizes))] + ["test_batch"]
+    batches = {name: random_batch(n, seed) for seed, (name, n) in enumerate(zip(names, [*sizes, test_size]))}
+    for name, batch in batches.items():
+        (batch_dir / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return batches
+
+
+def test_cifar10_python_batches_layout_labels_and_levels(tmp_path):
+    batches = write_batches(tmp_path / CIFAR10_DIR)
+    train = load_dataset("cifar10", root=tmp_path, split="train")
+    test = load_dataset("cifar10", root=tmp_path / CIFAR10_DIR, split="test")  # the batches dir itself also works
+    assert (len(train), len(test)) == (10, 3) and train.levels == dataset_levels("cifar10") == 256
+    assert train.image_shape == (3, 32, 32) and train[0].shape == (3, 32, 32)
+    # Official row layout: 1024 red, 1024 green, 1024 blue values, each 32x32 row-major.
+    row = batches["data_batch_2"][b"data"][1]
+    img = train.pixels[3].numpy()
+    for c, h, w in [(0, 0, 0), (1, 5, 7), (2, 31, 30), (0, 17, 3)]:
+        assert img[c, h, w] == row[c * 1024 + h * 32 + w]
+    expected = sum((batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), [])
+    assert train.labels.tolist() == expected
+    assert test.labels.tolist() == batches["test_batch"][b"labels"]
+    assert -1 < train.images().min() and train.images().max() < 1
+
+
+def test_cifar10_npz_file_and_split_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "test.npz", images=images, labels=np.arange(5))
+    for root in (tmp_path / "test.npz", tmp_path):
+        ds = load_dataset("cifar10", root=root, split="test")
+        assert len(ds) == 5 and ds.labels.tolist() == list(range(5))
+        assert torch.equal(ds.pixels, torch.from_numpy(images).permute(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
+    with pytest.raises(FileNotFoundError, match="train.npz"):
+        load_dataset("cifar10", root=tmp_path, split="train")
+
+
+@pytest.mark.skipif(not SHARED_CIFAR_SAMPLE.is_file(), reason="shared CIFAR-10 sample not present")
+def test_shared_cifar10_sample_loads():
+    ds = load_dataset("cifar10", root=SHARED_CIFAR_SAMPLE, split="test")
+    assert len(ds) == 1000 and ds.image_shape == (3, 32, 32)
+    assert set(ds.labels.tolist()) == set(range(10))
+
+
+def test_horizontal_flips_mirror_half_the_time_and_follow_the_torch_seed(tmp_path):
+    write_batches(tmp_path / CIFAR10_DIR)
+    ds = load_dataset("cifar10", root=tmp_path, split="test", flip=True)
+    plain = ds.images()[0]
+    torch.manual_seed(0)
+    draws = [ds[0] for _ in range(400)]
+    flipped = [torch.equal(d, plain.flip(-1)) for d in draws]
+    assert all(f or torch.equal(d, plain) for f, d in zip(flipped, draws))
+    # Binomial(400, 1/2): standard deviation 0.025 in the fraction; 0.1 is four of them.
+    assert abs(np.mean(flipped) - 0.5) < 0.1
+    torch.manual_seed(0)
+    assert all(torch.equal(ds[0], d) for d in draws[:20])
+
+
+def test_cifar10_bad_data_errors(tmp_path):
+    batch_dir = tmp_path / CIFAR10_DIR
+    write_batches(batch_dir)
+    (batch_dir / "test_batch").unlink()
+    with pytest.raises(FileNotFoundError, match="test_batch"):
+        load_dataset("cifar10", root=tmp_path, split="test")
+
+    bad = random_batch(2, 0)
+    bad[b"data"] = bad[b"data"][:, :100]
+    (batch_dir / "data_batch_3").write_bytes(pickle.dumps(bad, protocol=2))
+    with pytest.raises(ValueError, match=r"data_batch_3.*\(N, 3072\)"):
+        load_dataset("cifar10", root=tmp_path, split="train")
+
+    bad = random_batch(2, 0)
+    bad[b"labels"] = [1, 2, 3]
+    (batch_dir / "data_batch_3").write_bytes(pickle.dumps(bad, protocol=2))
+    with pytest.raises(ValueError, match="labels"):
+        load_dataset("cifar10", root=tmp_path, split="train")
+
+    (batch_dir / "data_batch_3").write_bytes(pickle.dumps(random_batch(2, 0), protocol=2)[:50])  # truncated
+    with pytest.raises(ValueError, match="data_batch_3"):
+        load_dataset("cifar10", root=tmp_path, split="train")
+
+    with pytest.raises(FileNotFoundError, match="no CIFAR-10"):
+        load_dataset("cifar10", root=tmp_path / "empty_dir_that_is_missing", split="train")
+    with pytest.raises(ValueError, match="image_size=32"):
+        load_dataset("cifar10", root=tmp_path, image_size=64)
+    with pytest.raises(ValueError, match="needs root"):
+        load_dataset("cifar10")
+
+
+class _RunsCode:
+    def __init__(self, marker: pathlib.Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_batch_is_refused_without_running_its_code(tmp_path):
+    batch_dir = tmp_path / CIFAR10_DIR
+    write_batches(batch_dir)
+    marker = tmp_path / "ran"
+    evil = random_batch(2, 0)
+    evil[b"labels"] = _RunsCode(marker)
+    (batch_dir / "test_batch").write_bytes(pickle.dumps(evil, protocol=2))
+    with pytest.raises(ValueError, match="refusing to load global"):
+        load_dataset("cifar10", root=tmp_path, split="test")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        ({"pictures": np.zeros((2, 32, 32, 3), np.uint8)}, "lacks the array 'images'"),
+        ({"images": np.zeros((2, 3, 32, 32), np.uint8)}, r"\(N, 32, 32, 3\)"),
+        ({"images": np.zeros((2, 32, 32, 3), np.float32)}, "uint8"),
+        ({"images": np.zeros((2, 32, 32, 3), np.uint8), "labels": np.zeros(3)}, "labels"),
+        ({"images": np.zeros((0, 32, 32, 3), np.uint8)}, "no images"),
+    ],
+)
+def test_bad_npz_files_are_refused(tmp_path, arrays, match):
+    np.savez(tmp_path / "data.npz", **arrays)
+    with pytest.raises(ValueError, match=match):
+        load_dataset("cifar10", root=tmp_path / "data.npz")
+
+
+def test_a_non_npz_file_is_refused(tmp_path):
+    (tmp_path / "data.npz").write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        load_dataset("cifar10", root=tmp_path / "data.npz")
+    (tmp_path / "data.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match="must be an .npz"):
+        load_dataset("cifar10", root=tmp_path / "data.bin")
+
+
+# ---- md5, extraction and download ----------------------------------------------------------------------------------
+def tar_gz(path: pathlib.Path, members: dict[str, bytes]) -> str:
+    """Write a gzipped tar of regular files {name: content}; return its md5."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_verify_md5_accepts_the_right_digest_only(tmp_path):
+    f = tmp_path / "blob"
+    f.write_bytes(b"abc")
+    verify_md5(f, "900150983cd24fb0d6963f7d28e17f72")  # RFC 1321 test suite: MD5("abc")
+    verify_md5(f, "900150983CD24FB0D6963F7D28E17F72")
+    with pytest.raises(ValueError, match="md5 mismatch"):
+        verify_md5(f, "0" * 32)
+
+
+def test_extract_tar_writes_members_and_refuses_escaping_ones(tmp_path):
+    good = tmp_path / "good.tar.gz"
+    tar_gz(good, {"d/a.txt": b"A", "d/b/c.txt": b"C"})
+    extract_tar(good, tmp_path / "out")
+    assert (tmp_path / "out" / "d" / "b" / "c.txt").read_bytes() == b"C"
+
+    evil = tmp_path / "evil.tar.gz"
+    tar_gz(evil, {"../escaped.txt": b"X"})
+    with pytest.raises(ValueError, match="cannot extract"):
+        extract_tar(evil, tmp_path / "out_evil")
+    assert not (tmp_path / "escaped.txt").exists()
+
+    absolute = tmp_path / "absolute.tar.gz"
+    name = f"{tmp_path.name}_absolute_escaped.txt"
+    tar_gz(absolute, {f"/{name}": b"X"})
+    extract_tar(absolute, tmp_path / "out_abs")  # the leading "/" is stripped: the file lands inside dest
+    assert (tmp_path / "out_abs" / name).read_bytes() == b"X" and not pathlib.Path(f"/{name}").exists()
+
+    link = tmp_path / "link.tar.gz"
+    with tarfile.open(link, "w:gz") as tar:
+        info = tarfile.TarInfo("d/passwd")
+        info.type, info.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(ValueError, match="cannot extract"):
+        extract_tar(link, tmp_path / "out_link")
+
+
+def test_download_fetches_verifies_and_extracts_an_archive(tmp_path):
+    source = tmp_path / "source"
+    batches = write_batches(source / CIFAR10_DIR)
+    members = {f"{CIFAR10_DIR}/{name}": (source / CIFAR10_DIR / name).read_bytes() for name in batches}
+    archive = tmp_path / "cifar.tar.gz"
+    md5 = tar_gz(archive, members)
+    url = archive.as_uri()  # file:// : the download code path without a network
+
+    with pytest.raises(ValueError, match="md5 mismatch"):
+        download_cifar10(tmp_path / "data", url=url, md5="0" * 32)
+    assert not (tmp_path / "data" / CIFAR10_DIR).exists() and list((tmp_path / "data").iterdir()) == []
+
+    batch_dir = download_cifar10(tmp_path / "data", url=url, md5=md5)
+    assert batch_dir == tmp_path / "data" / CIFAR10_DIR
+    assert list((tmp_path / "data").iterdir()) == [batch_dir]  # the archive is gone
+    ds = load_dataset("cifar10", root=tmp_path / "data", split="test")
+    assert ds.labels.tolist() == batches["test_batch"][b"labels"]
+    # Already complete: nothing is fetched (this URL does not exist), also through load_dataset(download=True).
+    assert download_cifar10(tmp_path / "data", url=(tmp_path / "missing").as_uri(), md5=md5) == batch_dir
+    assert len(load_dataset("cifar10", root=tmp_path / "data", split="train", download=True)) == 10
+
+
+def test_download_of_an_archive_without_the_batches_directory_fails(tmp_path):
+    archive = tmp_path / "other.tar.gz"
+    md5 = tar_gz(archive, {"something_else/readme.txt": b"hi"})
+    with pytest.raises(ValueError, match=CIFAR10_DIR):
+        download_cifar10(tmp_path / "data", url=archive.as_uri(), md5=md5)
+
+
+# ---- image folders -------------------------------------------------------------------------------------------------
+def save(path: pathlib.Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_folder_centre_crops_resizes_and_converts_channels(tmp_path):
+    # 12 wide x 8 high with distinct columns: fitting to 8x8 keeps columns 2..9 exactly (no resampling needed).
+    wide = np.tile(np.arange(0, 240, 20, dtype=np.uint8)[None, :], (8, 1))
+    save(tmp_path / "a_wide.png", wide)
+    save(tmp_path / "b_const_rgb.jpg", np.full((20, 20, 3), (200, 100, 50), np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    grey = load_dataset("folder", root=tmp_path, image_size=8, channels=1)
+    assert len(grey) == 2 and grey.image_shape == (1, 8, 8) and grey.levels == 256 and grey.labels is None
+    assert np.array_equal(grey.pixels[0, 0].numpy(), wide[:, 2:10])
+    # PIL's ITU-R 601-2 luma L = (299 R + 587 G + 114 B) / 1000 = 125.5 for a constant image (JPEG: +-2).
+    assert np.abs(grey.pixels[1].numpy().astype(float) - 125.5).max() <= 2.5
+    rgb = load_dataset("folder", root=tmp_path, image_size=8, channels=3)
+    assert rgb.image_shape == (3, 8, 8)
+    assert torch.equal(rgb.pixels[0, 0], rgb.pixels[0, 2])  # a grey image has equal R, G, B
+    assert np.abs(rgb.pixels[1].numpy().reshape(3, -1).mean(1) - (200, 100, 50)).max() <= 3
+    assert -1 < rgb[1].min() and rgb[1].max() < 1 and rgb[1].dtype == torch.float32
+
+
+def test_folder_default_shape_and_split_directories(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            save(tmp_path / split / "sub" / f"{i}.png", np.full((40, 40, 3), 10 * i, np.uint8))
+    train = load_dataset("folder", root=tmp_path)
+    assert len(train) == 3 and train.image_shape == (3, 32, 32)  # the cifar10 model's shape by default
+    assert [int(train.pixels[i].float().mean()) for i in range(3)] == [0, 10, 20]  # sorted by path
+    assert len(load_dataset("folder", root=tmp_path, split="test")) == 2
+
+
+def test_folder_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no PNG/JPEG images"):
+        load_dataset("folder", root=tmp_path / "empty", image_size=8, channels=1)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset("folder", root=tmp_path / "missing", image_size=8, channels=1)
+    with pytest.raises(FileNotFoundError, match="no test split"):
+        load_dataset("folder", root=tmp_path / "empty", split="test", image_size=8, channels=1)
+    only_test = tmp_path / "only_test"
+    save(only_test / "test" / "0.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(FileNotFoundError, match="no train/"):
+        load_dataset("folder", root=only_test, image_size=8, channels=1)
+
+    bad = tmp_path / "bad"
+    save(bad / "0.png", np.zeros((8, 8), np.uint8))
+    (bad / "1.png").write_bytes(b"this is not a png")
+    with pytest.raises(ValueError, match="1.png"):
+        load_dataset("folder", root=bad, image_size=8, channels=1)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(buf, format="PNG")
+    (bad / "1.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # truncated
+    with pytest.raises(ValueError, match="1.png"):
+        load_dataset("folder", root=bad, image_size=8, channels=1)
+
+    with pytest.raises(ValueError, match="channels"):
+        load_dataset("folder", root=bad, image_size=8, channels=2)
+    with pytest.raises(ValueError, match="needs root"):
+        load_dataset("folder")
+
+
+# ---- the API -------------------------------------------------------------------------------------------------------
+def test_load_dataset_argument_errors():
+    with pytest.raises(ValueError, match="unknown data set 'mnist'"):
+        load_dataset("mnist")
+    with pytest.raises(ValueError, match="unknown data set"):
+        dataset_levels("mnist")
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("digits", split="validation")
+    with pytest.raises(ValueError, match="image_size=8"):
+        load_dataset("digits", image_size=32)
+    with pytest.raises(ValueError, match="channels=1"):
+        load_dataset("digits", channels=3)
+    with pytest.raises(ValueError, match="root must be None"):
+        load_dataset("digits", root="somewhere")
+    with pytest.raises(ValueError, match="download applies to cifar10 only"):
+        load_dataset("digits", download=True)
+
+
+def test_image_dataset_validates_its_pixels():
+    with pytest.raises(ValueError, match="uint8"):
+        ImageDataset(torch.zeros(2, 1, 8, 8), 256)
+    with pytest.raises(ValueError, match="0..16"):
+        ImageDataset(torch.full((2, 1, 8, 8), 17, dtype=torch.uint8), 17)
+    with pytest.raises(ValueError, match="labels"):
+        ImageDataset(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), 256, labels=torch.zeros(3))

@@ -45,10 +45,15 @@ class UNetConfig:
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists: store tuples so that configs compare equal.
         for name in ("image_shape", "ch_mult", "attn_resolutions"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        C, H, W = self._checked_shape()
+            try:
+                object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            except TypeError as err:
+                raise TypeError(f"{name} must be a sequence of integers, got {getattr(self, name)!r}") from err
+        _, H, _ = self._checked_shape()
         if self.ch < 1 or not self.ch_mult or min(self.ch_mult) < 1:
             raise ValueError(f"ch and ch_mult must be positive, got ch={self.ch}, ch_mult={self.ch_mult}")
+        if self.conditional and (self.ch < 4 or self.ch % 2):
+            raise ValueError(f"ch must be even and >= 4 (the time embedding has ch features), got {self.ch}")
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
         if not 0.0 <= self.dropout < 1.0:
@@ -64,7 +69,7 @@ class UNetConfig:
         unused = sorted(set(self.attn_resolutions) - set(self.resolutions))
         if unused:
             raise ValueError(f"attn_resolutions {unused} are not among the U-Net's resolutions {self.resolutions}")
-        bad = [self.ch * m for m in (1, *self.ch_mult) if (self.ch * m) % self.num_groups]
+        bad = [self.ch * m for m in (1, *self.ch_mult) if (self.ch * m) % max(self.num_groups, 1)]
         if self.num_groups < 1 or bad:
             raise ValueError(f"num_groups={self.num_groups} must divide every channel count, not {bad}")
 

@@ -192,6 +192,8 @@ def test_create_model_errors():
         create_model("tiny", widht=3)
     with pytest.raises(TypeError, match="config"):
         UNet({"image_shape": (1, 8, 8)})
+    with pytest.raises(TypeError, match="image_shape must be a sequence"):
+        create_model("tiny", image_shape=8)
 
 
 @pytest.mark.parametrize(
@@ -206,6 +208,8 @@ def test_create_model_errors():
         ({"dropout": 1.0}, "dropout"),
         ({"num_res_blocks": 0}, "num_res_blocks"),
         ({"ch_mult": ()}, "ch_mult"),
+        ({"ch": 3, "num_groups": 1}, "even"),
+        ({"num_groups": 0}, "num_groups"),
     ],
 )
 def test_invalid_configs_are_refused(overrides, match):

@@ -1,0 +1,98 @@
+"""Samplers and likelihoods for SDEs with non-isotropic Gaussian noise (MATH.md 2-5).
+
+    x, nfe = samplers.sample(sde, score_fn, shape, method="pc", steps=None, generator=None, progress=False,
+                             device=None, dtype=None, **options)
+    logp, z, nfe = samplers.log_likelihood(sde, score_fn, x, divergence="exact", ...)
+    bpd, nfe = samplers.bits_per_dim(sde, score_fn, images_uint8, levels=256, dequantize=True, ...)
+    score_fn = samplers.score_fn_from_eps(sde, eps_model)
+
+Methods and their options (defaults in brackets; each module's docstring states its formulas):
+
+* "pc" (samplers.pc): predictor in {euler_maruyama, reverse_diffusion, ancestral, none} [euler_maruyama],
+  corrector in {langevin, ald, none} [none], snr [0.16], n_corrector [1], denoise [True], eps [1e-3]; all SDEs.
+* "ode" (samplers.ode): solver = any torchdiffeq method [dopri5], rtol [1e-5], atol [1e-5], eps [1e-3],
+  denoise [True]; adaptive solvers take steps=None, fixed-grid ones need steps; all SDEs.
+* "ddpm" (samplers.discrete): var in {posterior, beta} [posterior]; NIVPSDE / VPSDE.
+* "ddim" (samplers.discrete): eta [0.0]; NIVPSDE / VPSDE.
+* "als", "cas" (samplers.smld): eps_step, n_steps_each (als), harmonic_mean [False], denoise [True], eps [1e-3];
+  NIVESDE / VESDE.
+* "dpm2m" (samplers.dpm_solver): order in {1, 2} [2], schedule in {logsnr, time} [logsnr], eps [1e-3],
+  denoise [True]; VP, subVP, NIVP, VE, NI-VE. steps defaults to 20.
+
+`steps` is the number of time steps (noise levels); it is the number of model evaluations except for correctors
+(n_corrector more per step), als (n_steps_each per level) and the final denoising evaluations of ode / als / cas;
+the returned `nfe` always counts them exactly. Every step is one `kernels.ni_update` whose noise seed is drawn from
+`generator`, so a run is reproducible and sample i of a batch does not depend on the batch size. A non-finite x
+raises FloatingPointError naming the step and the time.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor
+
+from sde_lib import SDE
+
+from .common import EpsScoreFn, Run, ScoreFn, score_fn_from_eps, sde_family
+from .discrete import sample_ddim, sample_ddpm
+from .dpm_solver import sample_dpm2m
+from .likelihood import bits_per_dim, log_likelihood
+from .ode import sample_ode
+from .pc import sample_pc
+from .smld import sample_als, sample_cas
+
+__all__ = ["METHODS", "sample", "log_likelihood", "bits_per_dim", "score_fn_from_eps", "EpsScoreFn"]
+
+METHODS = {
+    "pc": sample_pc,
+    "ode": sample_ode,
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "als": sample_als,
+    "cas": sample_cas,
+    "dpm2m": sample_dpm2m,
+}
+
+
+def _options(method: str) -> tuple[str, ...]:
+    return tuple(inspect.signature(METHODS[method]).parameters)[2:]
+
+
+def sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    shape: tuple[int, int, int, int],
+    method: str = "pc",
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **options,
+) -> tuple[Tensor, int]:
+    """Draw shape[0] samples of shape[1:] = (C, H, W) by `method`; returns (x, number of score evaluations).
+
+    score_fn(x, t) -> grad log p_t(x) with t a (B,) tensor of continuous times in [eps, T]; dtype None means
+    torch's default dtype. See the package docstring for methods, options and conventions.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+    sde_family(sde)
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")
+    shape = tuple(shape)
+    if len(shape) != 4 or not all(isinstance(s, int) and s >= 1 for s in shape):
+        raise ValueError(f"shape must be (B, C, H, W) with positive ints, got {shape}")
+    if sde.cov.shape is not None and shape[1:] != sde.cov.shape:
+        raise ValueError(f"shape[1:] = {shape[1:]} does not match the SDE's covariance shape {sde.cov.shape}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be None or an int >= 1, got {steps!r}")
+    allowed = _options(method)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for method {method!r}; it takes {list(allowed)}")
+    run = Run(sde, score_fn, shape, generator, progress, device, dtype)
+    x = METHODS[method](run, steps, **options)
+    return x, run.nfe

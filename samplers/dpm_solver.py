@@ -1,0 +1,128 @@
+"""DPM-Solver++(2M): a multistep exponential integrator of the probability-flow ODE, for Sigma != I (MATH.md 3, 4).
+
+Derivation. Every SDE here is linear, x_t | x_0 ~ N(a(t) x_0, std(t)^2 Sigma) with drift f(t) x, f = d log a / dt,
+and g^2 = d std^2/dt - 2 f std^2 = -2 std^2 d lambda/dt for the half log-SNR lambda(t) = log(a / std). With
+eps = -std Sigma^{1/2} s the probability-flow ODE is
+
+    dx/dt = f x + g^2 / (2 std) Sigma^{1/2} eps = f x - std (d lambda/dt) Sigma^{1/2} eps,
+
+the isotropic one with eps replaced by Sigma^{1/2} eps (Sigma is constant, so it passes through every integral).
+In the data prediction x0(x, t) = (x - std Sigma^{1/2} eps) / a, variation of constants gives, from s to t,
+
+    x_t = (std_t / std_s) x_s + std_t int_{lambda_s}^{lambda_t} e^{lambda} x0 d lambda,
+
+and holding x0 constant (first order) or linear in lambda through the last two steps (2M) gives (h = lambda_t -
+lambda_s, r = h_prev / h, phi = 1 - e^{-h})
+
+    order 1:  x_t = (std_t / std_s) x_s + a_t phi x0_s   (= DDIM, eta = 0: a_t x0_s + std_t Sigma^{1/2} eps_s)
+    order 2:  x_t = (std_t / std_s) x_s + a_t phi [(1 + 1/(2r)) x0_s - 1/(2r) x0_prev].
+
+As x0_j = (x_j - std_j Sigma^{1/2} eps_j) / a_j is linear in the stored (x_j, eps_j), each step is one `ni_update` of
+x_lin = sum_j u_j x_j and eps_lin = sum_j v_j eps_j (the multistep history enters as plain axpys, Sigma^{1/2} once).
+
+Grid: the model is evaluated at t_0 = T > ... > t_{K-1} = eps, uniform in lambda ("logsnr", default) or in t
+("time"). The first step is first order (no history). denoise=True takes the last step from eps to a = 1, std = 0
+(phi = 1, first order: x = x0(x_eps, eps)); denoise=False ends at t = eps with the K evaluations at the first K of K + 1
+grid points.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .common import DEFAULT_EPS, Run, check_eps, require_family
+
+__all__ = ["SCHEDULES", "log_snr", "solver_times", "exponential_step_weights", "sample_dpm2m"]
+
+SCHEDULES = ("logsnr", "time")
+
+
+def log_snr(sde, t: Tensor) -> Tensor:
+    """lambda(t) = log a(t) - log std(t) (half the log signal-to-noise ratio), float64."""
+    t = t.to(torch.float64)
+    return torch.log(sde.mean_coeff(t)) - torch.log(sde.marginal_std(t))
+
+
+def solver_times(sde, points: int, eps: float, schedule: str = "logsnr") -> Tensor:
+    """`points` times from T down to eps (float64), uniform in lambda ("logsnr") or in t ("time").
+
+    lambda(t) is decreasing; its inverse is found by bisection on [eps, T], so any SDE works.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if points == 1:
+        return torch.tensor([sde.T], dtype=torch.float64)
+    if schedule == "time":
+        return torch.linspace(sde.T, eps, points, dtype=torch.float64)
+    ends = log_snr(sde, torch.tensor([sde.T, eps], dtype=torch.float64))
+    target = torch.linspace(float(ends[0]), float(ends[1]), points, dtype=torch.float64)
+    lo = torch.full_like(target, eps)
+    hi = torch.full_like(target, sde.T)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        above = log_snr(sde, mid) > target  # lambda(mid) > target: the solution lies later than mid
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    times = (lo + hi) / 2
+    times[0], times[-1] = sde.T, eps
+    return times
+
+
+def exponential_step_weights(
+    a: list[float], std: list[float], lam: list[float], a_t: float, std_t: float, lam_t: float, order: int
+) -> tuple[list[float], list[float]]:
+    """Weights (u, v) with x_t = sum_j u_j x_j + Sigma^{1/2} sum_j v_j eps_j over the history j = current, previous.
+
+    a, std, lam list the current point first, then (for order 2) the previous one (module docstring).
+    lam_t = inf (std_t = 0) is the step to the data (phi = 1).
+    """
+    h = lam_t - lam[0]
+    phi = -torch.expm1(torch.tensor(-h, dtype=torch.float64)).item()
+    if order == 1:
+        w = [1.0]
+    else:
+        r = (lam[0] - lam[1]) / h
+        w = [1 + 1 / (2 * r), -1 / (2 * r)]
+    u = [a_t * phi * w[j] / a[j] for j in range(len(w))]
+    u[0] += std_t / std[0]
+    v = [-a_t * phi * w[j] * std[j] / a[j] for j in range(len(w))]
+    return u, v
+
+
+def sample_dpm2m(
+    run: Run,
+    steps: int | None,
+    order: int = 2,
+    schedule: str = "logsnr",
+    eps: float = DEFAULT_EPS,
+    denoise: bool = True,
+) -> Tensor:
+    """DPM-Solver++(2M) (order=2) or DPM-Solver++(1) = DDIM (order=1) with `steps` model evaluations (default 20)."""
+    sde = run.sde
+    require_family(sde, "dpm2m", ("vp", "subvp", "ve"), "it integrates the probability-flow ODE of a linear SDE")
+    eps = check_eps(sde, eps)
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    steps = 20 if steps is None else steps
+    times = solver_times(sde, steps if denoise else steps + 1, eps, schedule)
+    a = sde.mean_coeff(times).tolist()
+    std = sde.marginal_std(times).tolist()
+    lam = log_snr(sde, times).tolist()
+    if denoise:  # the final target: t = 0 with a = 1, std = 0, lambda = inf
+        a, std, lam = a + [1.0], std + [0.0], lam + [float("inf")]
+    x = run.prior()
+    history: list[tuple[Tensor, Tensor]] = []  # (x_j, eps_j), newest first
+    for k in run.steps(range(steps), steps, "dpm2m"):
+        t = float(times[k])
+        history = [(x, run.eps(x, t))] + history[:1]
+        use = 2 if order == 2 and k >= 1 and math.isfinite(lam[k + 1]) else 1  # first order into the data
+        idx = [k, k - 1][:use]
+        u, v = exponential_step_weights(
+            [a[j] for j in idx], [std[j] for j in idx], [lam[j] for j in idx], a[k + 1], std[k + 1], lam[k + 1], use
+        )
+        x_lin = sum(u_j * x_j for u_j, (x_j, _) in zip(u, history))
+        eps_lin = sum(v_j * e_j for v_j, (_, e_j) in zip(v, history))
+        x = run.update(x_lin, eps_lin, 1.0, 1.0, 0.0, k, t)
+    return x

@@ -1,0 +1,133 @@
+"""Predictor-corrector samplers of the reverse SDE (score_sde_pytorch's, with Sigma^{1/2}-coloured noise; MATH.md 3, 4).
+
+Time grid: the model is evaluated at t_k = linspace(T, eps, steps)[k]; predictor step k moves from t_k to t_{k+1}
+(t_steps = 0), after `n_corrector` corrector steps at t_k. With eps = T / N and steps = N the grid is the
+discrete one, t_k = (i + 1) T / N with i = sde.discrete_index(t_k) = N - 1 - k. All steps are written with
+eps = -std Sigma^{1/2} s (so Sigma s = -Sigma^{1/2} eps / std):
+
+* euler_maruyama, dt = t_k - t_{k+1}:
+      x <- x - f dt + g^2 dt Sigma s + g sqrt(dt) Sigma^{1/2} z
+         = (x - f dt) + Sigma^{1/2}(-g^2 dt / std eps + g sqrt(dt) z)
+* reverse_diffusion (sde.discretize: f, G per discrete level): x <- (x - f) + Sigma^{1/2}(-G^2 / std eps + G z)
+* ancestral (one discrete level i per step, so steps = sde.N):
+      VP:  x <- (x + beta_i Sigma s) / sqrt(1 - beta_i) + sqrt(beta_i) Sigma^{1/2} z
+      VE:  x <- x + (sigma_i^2 - sigma_{i-1}^2) Sigma s
+                  + sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2) Sigma^{1/2} z
+* langevin corrector (preconditioned by Sigma, which leaves p_t invariant; MATH.md 4):
+      x <- x + e Sigma s + sqrt(2 e) Sigma^{1/2} z,  e = 2 alpha (snr ||z|| / ||Sigma^{1/2} s||)^2,
+  with the whitened score norm ||Sigma^{1/2} s|| = ||eps|| / std, ||z|| replaced by its root mean square sqrt(D),
+  both per sample (score_sde_pytorch averages the norms over the batch, which couples the samples);
+  alpha = 1 - beta_i for the VP family, 1 for VE.
+* ald corrector (annealed Langevin): the same step with e = 2 alpha (snr std)^2.
+
+denoise=True drops the noise of the last update, as score_sde_pytorch's `x_mean` (the last Euler-Maruyama step
+from t = eps to 0 is then a Tweedie denoising step).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .common import DEFAULT_EPS, Run, sde_family, time_grid
+
+__all__ = ["PREDICTORS", "CORRECTORS", "sample_pc"]
+
+PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
+CORRECTORS = ("langevin", "ald", "none")
+DISCRETE_PREDICTORS = ("reverse_diffusion", "ancestral")
+
+
+def sample_pc(
+    run: Run,
+    steps: int | None,
+    predictor: str = "euler_maruyama",
+    corrector: str = "none",
+    snr: float = 0.16,
+    n_corrector: int = 1,
+    denoise: bool = True,
+    eps: float = DEFAULT_EPS,
+) -> Tensor:
+    """Predictor-corrector sampling of the reverse SDE from N(0, c^2 Sigma) (module docstring; MATH.md 3, 4)."""
+    sde = run.sde
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+    if corrector not in CORRECTORS:
+        raise ValueError(f"corrector must be one of {CORRECTORS}, got {corrector!r}")
+    if predictor == "none" and corrector == "none":
+        raise ValueError("predictor and corrector are both 'none': nothing would move x")
+    if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 1:
+        raise ValueError(f"n_corrector must be an int >= 1, got {n_corrector!r}")
+    if not isinstance(snr, (int, float)) or not snr > 0:
+        raise ValueError(f"snr must be a positive number, got {snr!r}")
+    if predictor == "ancestral" and sde_family(sde) == "subvp":
+        raise ValueError("predictor 'ancestral' does not apply to SubVPSDE (no ancestral discretisation)")
+    steps = sde.N if steps is None else steps
+    times = time_grid(sde, steps, eps)
+    if predictor in DISCRETE_PREDICTORS:
+        levels = sde.discrete_index(times)
+        if not torch.equal(levels, torch.arange(sde.N - 1, -1, -1)):
+            raise ValueError(
+                f"predictor {predictor!r} takes one discrete level of the SDE per step: it needs steps = sde.N "
+                f"= {sde.N} and eps <= T / N (got steps = {steps}, eps = {eps}); use 'euler_maruyama' otherwise"
+            )
+    ends = torch.cat([times[1:], times.new_zeros(1)])
+    x = run.prior()
+    n_corr = n_corrector if corrector != "none" else 0
+    for k in run.steps(range(steps), steps, f"pc {predictor}/{corrector}"):
+        t, last = float(times[k]), k == steps - 1
+        for j in range(n_corr):
+            final = denoise and last and predictor == "none" and j == n_corr - 1
+            x = _corrector_step(run, x, t, corrector, snr, drop_noise=final, step=k)
+        if predictor != "none":
+            x = _predictor_step(run, x, t, float(t - ends[k]), predictor, drop_noise=denoise and last, step=k)
+    return x
+
+
+def _predictor_step(run: Run, x: Tensor, t: float, dt: float, predictor: str, drop_noise: bool, step: int) -> Tensor:
+    sde = run.sde
+    tt = run.time(t)
+    std = sde.marginal_std(tt)
+    eps = run.eps(x, tt)
+    if predictor == "euler_maruyama":
+        f, g = sde.sde(x, tt)
+        x_lin, c_x, c_eps, c_z = x - f * dt, 1.0, -(g**2) * dt / std, g * math.sqrt(dt)
+    elif predictor == "reverse_diffusion":
+        f, G = sde.discretize(x, tt)
+        x_lin, c_x, c_eps, c_z = x - f, 1.0, -(G**2) / std, G
+    else:
+        x_lin, (c_x, c_eps, c_z) = x, _ancestral_coefficients(sde, tt, std)
+    return run.update(x_lin, eps, c_x, c_eps, 0.0 if drop_noise else c_z, step, t)
+
+
+def _ancestral_coefficients(sde, t: Tensor, std: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(c_x, c_eps, c_z) of score_sde_pytorch's ancestral step at discrete level i = sde.discrete_index(t)."""
+    i = sde.discrete_index(t).cpu()
+    if sde_family(sde) == "vp":
+        beta = sde.schedule.betas[i].to(std)
+        return 1 / torch.sqrt(1 - beta), -beta / (std * torch.sqrt(1 - beta)), torch.sqrt(beta)
+    sigma = sde.discrete_sigmas[i]
+    below = torch.where(i == 0, torch.zeros_like(sigma), sde.discrete_sigmas[(i - 1).clamp_min(0)])
+    gap = (sigma**2 - below**2).to(std)
+    return torch.ones_like(std), -gap / std, torch.sqrt(below.to(std) ** 2 * gap / sigma.to(std) ** 2)
+
+
+def _corrector_step(run: Run, x: Tensor, t: float, corrector: str, snr: float, drop_noise: bool, step: int) -> Tensor:
+    sde = run.sde
+    tt = run.time(t)
+    std = sde.marginal_std(tt)
+    eps = run.eps(x, tt)
+    if sde_family(sde) == "ve":
+        alpha = torch.ones_like(std)
+    else:
+        alpha = sde.schedule.alphas[sde.discrete_index(tt).cpu()].to(std)
+    if corrector == "langevin":
+        D = math.prod(x.shape[1:])
+        eps_norm = eps.flatten(1).norm(dim=1)
+        size = 2 * alpha * (snr * math.sqrt(D) * std / eps_norm) ** 2
+    else:
+        size = 2 * alpha * (snr * std) ** 2
+    c_z = torch.zeros_like(size) if drop_noise else torch.sqrt(2 * size)
+    return run.update(x, eps, 1.0, -size / std, c_z, step, t)

@@ -1,0 +1,107 @@
+"""NI-SMLD samplers for the VE family: annealed Langevin (ALS) and consistent annealed sampling (CAS) (MATH.md 4).
+
+Noise levels: sigma_i = std(t_i) at t_i = linspace(T, eps, steps)[i], a geometric sequence from sigma(T) = sigma_max
+down to sigma_L = sigma(eps) ~ sigma_min (the model is only evaluated inside [eps, T]). With eps = -sigma_i Sigma^{1/2}
+score the white-noise prediction at level i (so sigma_i^2 Sigma s = -sigma_i Sigma^{1/2} eps), each update is one
+`ni_update`:
+
+* ALS: alpha_i = eps_step sigma_i^2 / sigma_L^2; n_steps_each times
+      x <- x + alpha_i Sigma s + sqrt(2 alpha_i) Sigma^{1/2} z
+         = x + Sigma^{1/2}(-alpha_i / sigma_i eps + sqrt(2 alpha_i) z)
+* CAS: eta = eps_step / sigma_L^2 in (0, 1), r = sigma_i / sigma_{i+1} (constant), beta_cas = sqrt(1 - r^2 (1 - eta)^2)
+  (`sde_lib.cas_noise_scale`, needs eta >= 1 - 1/r); one step per level
+      x <- x + eta sigma_i^2 Sigma s + beta_cas sigma_{i+1} Sigma^{1/2} z,  no noise at the last level.
+
+denoise=True ends with x <- x + sigma_L^2 Sigma s(x, sigma_L) (one more evaluation). harmonic_mean=True applies the
+correction s <- (sigma_H / sigma) s of MATH.md 4 (E.11), sigma_H the harmonic mean of sde.discrete_sigmas (the
+training levels); it is meant for unconditional (NCSN-style) models only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from sde_lib import cas_noise_scale
+
+from .common import DEFAULT_EPS, Run, require_family, time_grid
+
+__all__ = ["sample_als", "sample_cas", "noise_levels"]
+
+_REASON = "annealed Langevin / consistent annealed sampling need the VE family (NIVESDE or VESDE)"
+
+
+def noise_levels(run: Run, method: str, steps: int | None, eps: float, harmonic_mean: bool) -> tuple:
+    """(times, sigmas, eps-scale per level) for ALS / CAS; the scale is sigma_H / sigma_i with harmonic_mean."""
+    sde = run.sde
+    require_family(sde, method, ("ve",), _REASON)
+    times = time_grid(sde, sde.N if steps is None else steps, eps)
+    sigmas = sde.marginal_std(times)
+    if harmonic_mean:
+        sigma_h = 1 / (1 / sde.discrete_sigmas).mean()
+        scale = sigma_h / sigmas
+    else:
+        scale = torch.ones_like(sigmas)
+    return times, sigmas, scale
+
+
+def _check_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _denoise(run: Run, x: Tensor, t: float, sigma: float, scale: float) -> Tensor:
+    """x + sigma_L^2 Sigma s(x, sigma_L) = x - sigma_L Sigma^{1/2} eps."""
+    return run.update(x, run.eps(x, t), 1.0, -sigma * scale, 0.0, "denoise", t)
+
+
+def sample_als(
+    run: Run,
+    steps: int | None,
+    eps_step: float = 2e-6,
+    n_steps_each: int = 1,
+    harmonic_mean: bool = False,
+    denoise: bool = True,
+    eps: float = DEFAULT_EPS,
+) -> Tensor:
+    """Annealed Langevin sampling over `steps` noise levels (default sde.N), n_steps_each updates per level."""
+    eps_step = _check_positive("eps_step", eps_step)
+    if isinstance(n_steps_each, bool) or not isinstance(n_steps_each, int) or n_steps_each < 1:
+        raise ValueError(f"n_steps_each must be an int >= 1, got {n_steps_each!r}")
+    times, sigmas, scale = noise_levels(run, "als", steps, eps, harmonic_mean)
+    sigma_last = float(sigmas[-1])
+    x = run.prior()
+    for i in run.steps(range(len(times)), len(times), "als"):
+        t, sigma = float(times[i]), float(sigmas[i])
+        alpha = eps_step * sigma**2 / sigma_last**2
+        for _ in range(n_steps_each):
+            x = run.update(x, run.eps(x, t), 1.0, -alpha / sigma * float(scale[i]), math.sqrt(2 * alpha), i, t)
+    return _denoise(run, x, float(times[-1]), sigma_last, float(scale[-1])) if denoise else x
+
+
+def sample_cas(
+    run: Run,
+    steps: int | None,
+    eps_step: float = 1e-5,
+    harmonic_mean: bool = False,
+    denoise: bool = True,
+    eps: float = DEFAULT_EPS,
+) -> Tensor:
+    """Consistent annealed sampling over `steps` >= 2 noise levels (default sde.N), one update per level."""
+    eps_step = _check_positive("eps_step", eps_step)
+    times, sigmas, scale = noise_levels(run, "cas", steps, eps, harmonic_mean)
+    if len(times) < 2:
+        raise ValueError("cas needs steps >= 2 noise levels (its noise scale uses the ratio sigma_i / sigma_(i+1))")
+    sigma_last = float(sigmas[-1])
+    eta = eps_step / sigma_last**2
+    ratio = float(sigmas[0] / sigmas[1])
+    beta = cas_noise_scale(eta, ratio)
+    x = run.prior()
+    for i in run.steps(range(len(times)), len(times), "cas"):
+        t, sigma = float(times[i]), float(sigmas[i])
+        c_z = beta * float(sigmas[i + 1]) if i + 1 < len(times) else 0.0
+        x = run.update(x, run.eps(x, t), 1.0, -eta * sigma * float(scale[i]), c_z, i, t)
+    return _denoise(run, x, float(times[-1]), sigma_last, float(scale[-1])) if denoise else x

@@ -7,9 +7,19 @@ import numbers
 import torch
 from torch import Tensor
 
+from kernels.noise import check_seed
 from sde_lib.covariance import Covariance
 
-__all__ = ["FLOAT_DTYPES", "compute_dtype", "check_cov", "check_images", "check_like", "coefficient", "noise_shape"]
+__all__ = [
+    "FLOAT_DTYPES",
+    "compute_dtype",
+    "check_cov",
+    "check_images",
+    "check_like",
+    "coefficient",
+    "noise_request",
+    "noise_seed",
+]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -25,11 +35,31 @@ def check_cov(cov: object) -> Covariance:
     return cov
 
 
-def noise_shape(cov: Covariance) -> tuple[int, int, int]:
-    """The (C, H, W) shape that gff_noise draws for `cov`; needs a covariance built with a shape."""
+def noise_request(
+    cov: object, n: object, seed: object, device: torch.device | str | None, dtype: torch.dtype | None
+) -> tuple[Covariance, tuple[int, int, int], int, int, torch.device, torch.dtype]:
+    """Checked gff_noise arguments: (cov, (C, H, W), n, seed, device, dtype), with torch's default device/dtype."""
+    cov = check_cov(cov)
     if cov.shape is None:
         raise ValueError("cov has no shape: gff_noise needs a covariance built with shape=(C, H, W)")
-    return cov.shape
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
+    device = torch.get_default_device() if device is None else torch.device(device)
+    return cov, cov.shape, n, check_seed(seed), device, dtype
+
+
+def noise_seed(seed: object, c_z: object) -> int | None:
+    """The seed of ni_update's noise, or None when there is no noise term: seed=None (then c_z must be zero) or
+    c_z the number 0. A tensor c_z is not inspected (zeros there multiply the noise to exactly zero)."""
+    if seed is None:
+        if not (bool((c_z == 0).all()) if isinstance(c_z, Tensor) else c_z == 0):
+            raise ValueError("seed=None means a step without noise, so c_z must be zero")
+        return None
+    seed = check_seed(seed)
+    return None if not isinstance(c_z, Tensor) and c_z == 0 else seed
 
 
 def check_images(x: object, cov: Covariance, name: str) -> Tensor:

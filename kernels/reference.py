@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.args import check_cov, check_images, check_like, coefficient, compute_dtype, noise_shape
+from kernels.args import check_cov, check_images, check_like, coefficient, compute_dtype, noise_request, noise_seed
 from kernels.noise import check_seed, white_noise
 from sde_lib.covariance import Covariance
 
@@ -32,14 +32,8 @@ def gff_noise(
 
     Shapes (n, *cov.shape). `dtype` defaults to torch's default dtype, `device` to torch's default device.
     """
-    shape = noise_shape(check_cov(cov))
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
-    device = torch.get_default_device() if device is None else torch.device(device)
-    eps = white_noise(check_seed(seed), n, shape, compute_dtype(dtype), device)
+    cov, shape, n, seed, device, dtype = noise_request(cov, n, seed, device, dtype)
+    eps = white_noise(seed, n, shape, compute_dtype(dtype), device)
     return eps.to(dtype), cov.sqrt_mul(eps).to(dtype)
 
 
@@ -59,10 +53,6 @@ def perturb(x0: Tensor, a: Tensor | float, s: Tensor | float, cov: Covariance, s
     return x_t.to(x0.dtype), eps.to(x0.dtype)
 
 
-def _is_zero(c: Tensor | float) -> bool:
-    return bool((c == 0).all()) if isinstance(c, Tensor) else c == 0
-
-
 def ni_update(
     x: Tensor,
     eps_theta: Tensor,
@@ -74,8 +64,8 @@ def ni_update(
 ) -> Tensor:
     """One non-isotropic sampler step x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z) (MATH.md 2-4).
 
-    z ~ N(0, I) white is gff_noise(cov, B, seed)'s eps. c_*: per-sample (B,) tensors or numbers. When c_z is
-    zero the noise term vanishes and is not drawn; seed=None is allowed only then (a deterministic step).
+    z ~ N(0, I) white is gff_noise(cov, B, seed)'s eps. c_*: per-sample (B,) tensors or numbers. seed=None (only
+    with c_z zero) or c_z = 0 (a number) is a deterministic step: no noise is drawn.
     """
     cov = check_cov(cov)
     x = check_images(x, cov, "x")
@@ -83,12 +73,9 @@ def ni_update(
     B, work = x.shape[0], compute_dtype(x.dtype)
     c_x = _per_sample(coefficient(c_x, B, work, x.device, "c_x"))
     c_eps = _per_sample(coefficient(c_eps, B, work, x.device, "c_eps"))
-    seed = None if seed is None else check_seed(seed)
+    seed = noise_seed(seed, c_z)
     v = c_eps * eps_theta.to(work)
-    if seed is None:
-        if not _is_zero(c_z):
-            raise ValueError("seed=None means a step without noise, so c_z must be zero")
-    elif not _is_zero(c_z):
+    if seed is not None:
         z = white_noise(seed, B, tuple(x.shape[1:]), work, x.device)
         v = v + _per_sample(coefficient(c_z, B, work, x.device, "c_z")) * z
     return (c_x * x.to(work) + cov.sqrt_mul(v)).to(x.dtype)

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.args import check_cov, check_images, check_like, coefficient, compute_dtype, noise_shape
+from kernels.args import check_cov, check_images, check_like, coefficient, compute_dtype, noise_request, noise_seed
 from kernels.noise import CLAMP, NORMALS_PER_COUNTER, SCALE, TWO_PI, check_seed
 from sde_lib.covariance import Covariance, IdentityCovariance
 
@@ -361,17 +361,11 @@ def gff_noise(
     dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """White eps and g = Sigma^{1/2} eps, (n, *cov.shape) (MATH.md 1.4); see kernels.reference.gff_noise."""
-    shape = noise_shape(check_cov(cov))
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
-    device = torch.get_default_device() if device is None else torch.device(device)
+    cov, shape, n, seed, device, dtype = noise_request(cov, n, seed, device, dtype)
     eps = torch.empty((n, *shape), dtype=dtype, device=device)
     g = torch.empty_like(eps)
     ones = torch.ones(n, dtype=compute_dtype(dtype), device=device)
-    _fused_step(g, cov, 0.5, seed=check_seed(seed), gamma=ones, noise_out=eps)
+    _fused_step(g, cov, 0.5, seed=seed, gamma=ones, noise_out=eps)
     return eps, g
 
 
@@ -398,24 +392,15 @@ def ni_update(
     cov: Covariance,
     seed: int | None,
 ) -> Tensor:
-    """x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z) (MATH.md 2-4); see kernels.reference.ni_update.
-
-    The noise is skipped when seed is None or c_z is the number 0 (a tensor c_z is not inspected, which would
-    synchronise the device: zeros there multiply the noise to exactly zero).
-    """
+    """x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z) (MATH.md 2-4); see kernels.reference.ni_update."""
     cov = check_cov(cov)
     x = check_images(x, cov, "x")
     eps_theta = check_like(eps_theta, x, "eps_theta", "x")
     B, work = x.shape[0], compute_dtype(x.dtype)
     c_x = coefficient(c_x, B, work, x.device, "c_x").contiguous()
     c_eps = coefficient(c_eps, B, work, x.device, "c_eps").contiguous()
-    if seed is None:
-        if not (bool((c_z == 0).all()) if isinstance(c_z, Tensor) else c_z == 0):
-            raise ValueError("seed=None means a step without noise, so c_z must be zero")
-    else:
-        seed = check_seed(seed)
-    noisy = seed is not None and (isinstance(c_z, Tensor) or c_z != 0)
-    gamma = coefficient(c_z, B, work, x.device, "c_z").contiguous() if noisy else None
+    seed = noise_seed(seed, c_z)
+    gamma = None if seed is None else coefficient(c_z, B, work, x.device, "c_z").contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     _fused_step(
         out,
@@ -425,7 +410,7 @@ def ni_update(
         alpha=c_x,
         u=eps_theta.contiguous(),
         beta=c_eps,
-        seed=seed if noisy else None,
+        seed=seed,
         gamma=gamma,
     )
     return out

@@ -220,16 +220,23 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float64 else "tf32x3"
 
 
-@functools.lru_cache(maxsize=64)
-def _hartley_tables(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(cos, sin) tables cos(2 pi k j / n), sin(2 pi k j / n), zero-padded to (P, P), P = _padded(n)."""
+def _cos_sin(n: int) -> tuple[Tensor, Tensor]:
+    """cos(2 pi k j / n), sin(2 pi k j / n) in float64, zero-padded to (P, P), P = _padded(n)."""
     P = _padded(n)
     k = torch.arange(n, dtype=torch.int64)
     angle = (2 * math.pi / n) * ((k[:, None] * k[None, :]) % n).to(torch.float64)
     cos = torch.zeros(P, P, dtype=torch.float64)
     sin = torch.zeros(P, P, dtype=torch.float64)
     cos[:n, :n], sin[:n, :n] = torch.cos(angle), torch.sin(angle)
-    return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
+    return cos, sin
+
+
+@functools.lru_cache(maxsize=64)
+def _hartley_tables(H: int, W: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+    """(C_H, S_H, C_W + S_W, C_W - S_W) for the kernel's Hartley transform, padded, in `dtype` on `device`."""
+    ch, sh = _cos_sin(H)
+    cw, sw = _cos_sin(W)
+    return tuple(t.to(device=device, dtype=dtype).contiguous() for t in (ch, sh, cw + sw, cw - sw))
 
 
 _FILTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -285,10 +292,8 @@ def _fused_step(
     seed = 0 if seed is None else seed
     Wo = -(-W // NORMALS_PER_COUNTER)
     if flt is not None and flt.shape[-1] == _padded(W):
-        ch, sh = _hartley_tables(H, work, out.device)
-        cw, sw = _hartley_tables(W, work, out.device)
-        cps, cms = cw + sw, cw - sw
-        HP, WP = ch.shape[0], cw.shape[0]
+        ch, sh, cps, cms = _hartley_tables(H, W, work, out.device)
+        HP, WP = ch.shape[0], cps.shape[0]
         _spectral_kernel[(B * C,)](
             out,
             dummy if noise_out is None else noise_out,

@@ -12,6 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=[f"{p}*" for p in PACKAGES]),
+    py_modules=["run"],
     install_requires=[
         "torch>=2.4",
         "torchvision",

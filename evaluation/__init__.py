@@ -17,6 +17,7 @@ from .digits_classifier import (
     load_or_train_digits_classifier,
     train_digits_classifier,
 )
+from .digits_metric import DIGITS_SHAPE, DigitsMetric
 from .frechet import frechet_distance, frechet_distance_of_features, gaussian_fit
 from .images import save_grid, save_png_folder, to_uint8
 from .knn_precision_recall import knn_radii, manifold_coverage, precision_recall
@@ -31,6 +32,8 @@ __all__ = [
     "folder_features",
     "kernel_inception_distance",
     "DigitsClassifier",
+    "DIGITS_SHAPE",
+    "DigitsMetric",
     "accuracy",
     "cleanfid_extractor",
     "load_or_train_digits_classifier",

@@ -1,0 +1,256 @@
+"""run.py end to end: every command with tiny budgets in a temporary directory, and the exit-2 error paths.
+
+Each command runs as `python run.py ...` in a subprocess (the way users run it), on the `tiny` model config with
+a few training steps, so the numbers are those of an untrained model: the assertions check what the files and
+numbers must satisfy whatever the model (shapes, counts, ranges, NFE = steps, resume), not sample quality.
+"""
+
+import csv
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import run  # noqa: E402
+
+pytestmark = pytest.mark.subprocess
+
+# One thread per process: on a small shared machine extra threads only spin.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+TINY = ["--config", "tiny", "--device", "cpu"]
+
+
+def cli(*args: str, cwd: pathlib.Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit code 2, exactly one non-empty line on stderr, no traceback, mentioning every word."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    """The main job with a tiny budget; later tests load its checkpoint and classifier."""
+    workdir = tmp_path_factory.mktemp("cli") / "main"
+    args = [*TINY, "--workdir", str(workdir), "--train-steps", "30", "--batch-size", "32", "--save-every", "15"]
+    out = ok(cli("--sde", "nivp", "--sampler", "pc", *args, "--steps", "20", "--n", "40", "--bpd-images", "6"))
+    return workdir, out
+
+
+def test_main_job_writes_grid_metrics_and_summary(main_run):
+    workdir, out = main_run
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert str(workdir / "samples.png") in out and str(workdir / "metrics.json") in out
+    # 40 images of 8x8 in a ceil(sqrt(40)) = 7-column grid with 1-pixel padding, upscaled 4x.
+    grid = Image.open(workdir / "samples.png")
+    assert grid.size == (4 * (7 * 9 + 1), 4 * (6 * 9 + 1))
+    assert metrics["train_steps"] == 30 and metrics["sampler"] == {
+        "method": "pc",
+        "steps": 20,
+        "nfe": 20.0,
+        "n": 40,
+        "options": {},
+    }
+    assert metrics["frechet_distance"] > 0 and metrics["frechet_distance_real_floor"] > 0
+    assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
+    assert sum(metrics["sample_class_histogram"]) == 40
+    assert metrics["classifier_test_accuracy"] >= 0.9  # evaluation's CNN on held-out digits (about 0.97)
+    bpd = metrics["bits_per_dim"]
+    assert bpd["levels"] == 17 and bpd["images"] == 6 and "2/17" in bpd["dequantization"]
+    # A density on [-1, 1]^64 that is not wildly wrong: between 0 and a few times log2(17) = 4.09 bits.
+    assert 0 < bpd["mean"] < 20 and bpd["standard_error"] > 0
+    assert (workdir / "digits_classifier.pt").is_file()
+
+
+@pytest.fixture()
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_train_resumes_from_the_newest_checkpoint(tmp_path, one_thread, capsys):
+    workdir = tmp_path / "train"
+    common = ["train", *TINY, "--workdir", str(workdir), "--batch-size", "16", "--save-every", "5"]
+    assert "step 10" in ok(cli(*common, "--steps", "10"))
+    assert run.main([*common, "--steps", "15"]) == 0  # in-process: the resume itself is what is tested
+    assert "step 15" in capsys.readouterr().out
+    names = sorted(p.name for p in (workdir / "checkpoints").glob("ckpt_*.pt"))
+    assert names == ["ckpt_00000005.pt", "ckpt_00000010.pt", "ckpt_00000015.pt"]
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 15  # one continuous log, no step twice
+
+
+def test_sample_writes_grid_and_one_png_per_image(main_run, tmp_path):
+    workdir, _ = main_run
+    out = ok(cli("sample", "--workdir", str(workdir), "--sampler", "ddim", "--steps", "5", "--n", "10", "--out",
+                 str(tmp_path / "imgs"), "--grid", str(tmp_path / "g.png")))  # fmt: skip
+    assert "NFE 5 " in out
+    files = sorted(p.name for p in (tmp_path / "imgs").glob("*.png"))
+    assert files == [f"{i:06d}.png" for i in range(10)]
+    assert Image.open(tmp_path / "imgs" / "000003.png").size == (8, 8)
+    assert Image.open(tmp_path / "g.png").size == (4 * (4 * 9 + 1), 4 * (3 * 9 + 1))
+
+
+def test_likelihood_reports_mean_and_standard_error(main_run):
+    workdir, _ = main_run
+    out = ok(cli("likelihood", "--workdir", str(workdir), "--n", "5", "--rtol", "1e-3", "--atol", "1e-3"))
+    result = json.loads((workdir / "likelihood_digits_test.json").read_text())
+    assert result["images"] == 5 and result["levels"] == 17 and result["divergence"] == "rademacher"
+    assert 0 < result["bits_per_dim"] < 20 and result["standard_error"] > 0
+    assert f"{result['bits_per_dim']:.4f}" in out
+
+
+def test_fid_with_the_digits_feature_space(main_run, one_thread):
+    workdir, _ = main_run
+    out = ok(cli("fid", "--workdir", str(workdir), "--sampler", "ddpm", "--steps", "4", "--n", "12"))
+    result = json.loads((workdir / "fid_ddpm_4.json").read_text())
+    assert result["metric"] == "digits" and result["nfe"] == 4.0
+    assert len(list((workdir / "fid" / "ddpm_4").glob("*.png"))) == 12
+    assert result["fid"] > 0 and 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+    assert np.isfinite(result["kid"]) and "FD (digits features)" in out
+    # Scoring the held-out reference folder against itself (in-process): FD 0 and P = R = 1.
+    ref = workdir / "fid" / "reference_digits_test"
+    assert run.main(["fid", "--workdir", str(workdir), "--images", str(ref), "--ref", str(ref)]) == 0
+    same = json.loads((workdir / f"fid_{ref.name}.json").read_text())
+    assert abs(same["fid"]) < 1e-6 and same["precision"] == same["recall"] == 1.0
+
+
+def test_fid_without_inception_weights_says_how_to_proceed(main_run, monkeypatch, capsys):
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    import cleanfid.inception_torchscript
+
+    monkeypatch.setattr(cleanfid.inception_torchscript, "check_download_inception", no_network)
+    workdir, _ = main_run
+    ref = workdir / "fid" / "reference_digits_test"
+    code = run.main(
+        ["fid", "--workdir", str(workdir), "--images", str(ref), "--ref", str(ref), "--metric", "inception"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "internet" in err and "--metric digits" in err
+
+
+def test_table_runs_the_protocol_grid(main_run, tmp_path):
+    workdir = tmp_path / "table"
+    workdir.mkdir()
+    shutil.copy(main_run[0] / "digits_classifier.pt", workdir)  # the cache is valid for the same digits split
+    out = ok(cli("table", *TINY, "--workdir", str(workdir), "--train-steps", "8", "--batch-size", "16",
+                 "--steps", "6,3", "--n", "16", "--samplers", "ddpm,dpm2m"))  # fmt: skip
+    with open(workdir / "table1.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["sde"], r["sampler"], r["steps"]) for r in rows] == [
+        (sde, sampler, steps) for sde in ("vp", "nivp") for steps in ("6", "3") for sampler in ("ddpm", "dpm2m")
+    ]
+    for r in rows:
+        assert float(r["fid"]) > 0 and 0 <= float(r["precision"]) <= 1 and 0 <= float(r["recall"]) <= 1
+        if r["sampler"] == "ddpm":
+            assert float(r["nfe"]) == float(r["steps"])  # one network evaluation per ancestral step
+    assert "| sampler | steps | VP (white) FD | VP (white) P | VP (white) R | NIVP (GFF) FD |" in out, out
+    assert (workdir / "table1.md").read_text().startswith("| sampler | steps |")
+    assert sorted(p.name for p in workdir.iterdir()) == [
+        "digits_classifier.pt",
+        "nivp",
+        "table1.csv",
+        "table1.md",
+        "vp",
+    ]
+
+
+def test_noise_picture_gets_smoother_with_the_gff_power(tmp_path):
+    out_png = tmp_path / "noise.png"
+    ok(cli("noise", "--size", "32", "--count", "3", "--powers", "0.5,1,2", "--out", str(out_png)))
+    img = np.asarray(Image.open(out_png).convert("L")).astype(np.float64)
+    cell, pad, label = 64, 4, 230
+    rows = 1 + 3 + 2  # white, three powers, data-matched noise, real digits
+    assert img.shape == (rows * (cell + pad) + pad, label + 3 * (cell + pad) + pad)
+
+    def roughness(row: int) -> float:
+        """Mean squared difference of horizontally adjacent noise pixels over the variance, cells of one row.
+
+        32x32 noise is upscaled 2x, so compare pixels two apart. For white noise it is 2 (independent pixels);
+        the GFF spectrum ~|k|^(-2p) puts the variance in low frequencies, so it falls as p grows."""
+        y = pad + row * (cell + pad)
+        cells = [
+            img[y : y + cell, label + pad + i * (cell + pad) : label + pad + i * (cell + pad) + cell] for i in range(3)
+        ]
+        return float(np.mean([np.mean((c[:, 2::2] - c[:, :-2:2]) ** 2) / c.var() for c in cells]))
+
+    r = [roughness(i) for i in range(4)]
+    assert r[0] > 1.5  # white: about 2 (less where +-3 sd clipping flattens extremes)
+    assert r[0] > r[1] > r[2] > r[3]
+
+
+def test_bad_arguments_exit_2_with_one_line_on_stderr(tmp_path):
+    # The real process: exit status 2 and one stderr line (argparse's usage lines are replaced).
+    one_line_error(cli("--sde", "foo", cwd=tmp_path), "run.py main: error:", "--sde", "invalid choice", "foo")
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--sde", "vp", "--sampler", "als"], ["--sampler als", "VE"]),
+        (["--sde", "nive", "--sampler", "ddpm"], ["--sampler ddpm", "VP"]),
+        (["sample", "--steps", "0"], ["--steps", ">= 1"]),
+        (["table", "--samplers", "ddpm,euler"], ["--samplers", "euler"]),
+        (["train", "--dataset", "folder"], ["--data-root"]),
+        (["train", "--dataset", "folder", "--data-root", "no/such/dir"], ["no/such/dir", "does not exist"]),
+        (["sample"], ["runs/digits_nivp", "does not exist"]),
+        (["fid", "--images", "no/such/dir"], ["--images", "not a directory"]),
+        (["noise", "--powers", "1,-2"], ["--powers"]),
+        (["sample", "--checkpoint", "bad.pt", "--n", "2"], ["bad.pt"]),
+    ],
+)
+def test_bad_arguments_are_refused_in_process(args, words, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.pt").write_bytes(b"\x00 not a checkpoint")
+    try:
+        code = run.main(args)
+    except SystemExit as stop:  # argparse errors exit from inside parse_args
+        code = stop.code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    for word in words:
+        assert word in err[0], err[0]
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    # A pickle whose loading would call os.system: torch.load(weights_only=True) refuses it without running it.
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"step": 1, "payload": Exploit()}, evil)
+    assert run.main(["likelihood", "--checkpoint", str(evil), "--n", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "evil.pt" in err[0] and not marker.exists()

@@ -1,0 +1,1 @@
+"""Benchmarks (pytest-benchmark) and the scripts that produce benchmarks/RESULTS.md."""

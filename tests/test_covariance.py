@@ -17,11 +17,14 @@ from gaussian_data import (
     gff_amplitude,
     gff_eigenvalues,
     integer_frequencies,
+    single_intraop_thread,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sde_lib import GFFCovariance, IdentityCovariance, SpectralCovariance
+
+_single_thread = pytest.fixture(autouse=True, scope="module")(single_intraop_thread)
 
 # (C, H, W): square even / odd, and non-square with even and odd sides.
 SHAPES = [(1, 8, 8), (1, 7, 7), (1, 6, 10), (2, 5, 8), (1, 9, 4)]
@@ -423,13 +426,12 @@ def test_any_leading_dims():
     assert cov.quad_inv(x[0, 0, 0]).shape == ()
 
 
-@pytest.mark.parametrize("name", list(OPS.values()))
+@pytest.mark.parametrize("name", [*OPS.values(), "quad_inv"])
 def test_gradcheck(name):
-    """Autograd through the rfft2 / irfft2 operators (odd and even sides)."""
-    cov = GFFCovariance((2, 3, 4), power=1.0)
-    x = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    """Autograd through the rfft2 / irfft2 operators (odd and even sides), float64."""
+    cov = GFFCovariance((1, 3, 4), power=1.0)
+    x = torch.randn(1, 1, 3, 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(getattr(cov, name), (x,))
-    assert torch.autograd.gradcheck(cov.quad_inv, (x,))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -508,6 +510,6 @@ def test_operator_properties(C, H, W, power, dtype, seed):
     q = cov.quad_inv(x)
     q_ref = (x * cov.inv_mul(x)).sum(dim=(-3, -2, -1))
     assert q.shape == (2,) and torch.allclose(q, q_ref, rtol=200 * eps * cond)
-    if dtype == torch.float64:
+    if dtype == torch.float64 and C * H * W <= 400:  # a dense eigendecomposition, kept small
         eig = np.linalg.eigvalsh(cov.dense().numpy())
         assert cov.logdet().item() == pytest.approx(np.log(eig).sum(), rel=1e-9, abs=1e-9)

@@ -15,9 +15,11 @@ import pytest
 import scipy.linalg
 import scipy.stats
 import torch
-from gaussian_data import GaussianData, covariance_zscores
+from gaussian_data import GaussianData, covariance_zscores, single_intraop_thread
 
 from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, IdentityCovariance, SubVPSDE
+
+_single_thread = pytest.fixture(autouse=True, scope="module")(single_intraop_thread)
 
 BETA_MIN, BETA_MAX = 0.1, 20.0
 SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
@@ -297,7 +299,7 @@ def test_discretize_subvp_is_euler_maruyama(name):
 GAUSS_SHAPE = (2, 3, 4)
 
 
-def gaussian_setup(name: str, t: float, seed: int = 5):
+def gaussian_setup(name: str, seed: int = 5):
     """Gaussian data N(m, S) (dense S, generic: does not commute with Sigma), the SDE, and the exact score of p_t."""
     sde, cf = make_case(name, GAUSS_SHAPE, power=1.3)
     data = GaussianData.random(GAUSS_SHAPE, torch.Generator().manual_seed(seed))
@@ -312,7 +314,7 @@ def gaussian_setup(name: str, t: float, seed: int = 5):
 
 def test_gaussian_data_does_not_commute_with_sigma():
     """The reverse-drift tests below would not see an operator applied in the wrong order if S commuted with Sigma."""
-    _, _, data, sigma, _ = gaussian_setup("nivp", 0.5)
+    _, _, data, sigma, _ = gaussian_setup("nivp")
     assert (data.cov @ sigma - sigma @ data.cov).abs().max().item() > 0.1
 
 
@@ -322,7 +324,7 @@ def test_reverse_drift_matches_dense_algebra(name, probability_flow):
     """rsde.sde = (f - w g^2 Sigma s, g) with w = 1, and (f - g^2 Sigma s / 2, 0) for the probability flow; the same
     with sde.discretize's (f, G) for rsde.discretize. s = -(a^2 S + std^2 Sigma)^{-1}(x - a m)."""
     t = 0.37
-    sde, cf, data, sigma, score_fn = gaussian_setup(name, t)
+    sde, cf, data, sigma, score_fn = gaussian_setup(name)
     rsde = sde.reverse(score_fn, probability_flow=probability_flow)
     assert rsde.N == sde.N and rsde.T == sde.T and rsde.cov is sde.cov
     x = torch.randn((3, *GAUSS_SHAPE), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
@@ -350,7 +352,7 @@ def test_reverse_dynamics_transport_the_marginals(name, probability_flow):
     differences of the closed forms (h = 1e-5: truncation ~ 1e-9 relative, round-off ~ 1e-11).
     """
     t, h = 0.37, 1e-5
-    sde, cf, data, sigma, score_fn = gaussian_setup(name, t)
+    sde, cf, data, sigma, score_fn = gaussian_setup(name)
     rsde = sde.reverse(score_fn, probability_flow=probability_flow)
     D = sigma.shape[0]
     basis = torch.cat([torch.zeros(1, D, dtype=torch.float64), torch.eye(D, dtype=torch.float64)])
@@ -395,7 +397,7 @@ def test_score_eps_conversion(name):
 def test_denoise_is_gaussian_conditioning(name, t):
     """MATH.md 8.10: Tweedie (x + std^2 Sigma s(x)) / a with the exact score equals Gaussian conditioning,
     E[x_0 | x_t] = m + a S C_t^-1 (x - a m), to 1e-10."""
-    sde, cf, data, sigma, score_fn = gaussian_setup(name, t)
+    sde, cf, data, sigma, score_fn = gaussian_setup(name)
     a, std = cf.a(t), math.sqrt(cf.var(t))
     x0 = data.mean + (torch.randn(4, 24, dtype=torch.float64) @ sqrtm_dense(data.cov)).reshape(4, *GAUSS_SHAPE)
     xt = a * x0 + std * sde.cov.sqrt_mul(torch.randn(4, *GAUSS_SHAPE, dtype=torch.float64))

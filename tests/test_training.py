@@ -17,7 +17,7 @@ from sde_lib import NIVPSDE, GFFCovariance, IdentityCovariance
 from training import TrainConfig, get_loss, load_checkpoint, load_model, train
 from training.checkpoint import list_checkpoints
 from training.data_order import BatchOrder
-from training.ema import create_ema
+from training.ema import create_ema, ema_decay_at
 from training.losses import EPS_T
 
 SHAPE = (1, 8, 8)
@@ -147,17 +147,20 @@ def test_metrics_log_and_warmup(tmp_path):
 
 
 def test_ema_follows_its_recursion():
-    """W_ema = W_1 after the first update, then W_ema <- d W_ema + (1 - d) W_k."""
+    """W_ema = W_0 after the first update, then W_ema <- d_n W_ema + (1 - d_n) W_n, d_n = min(d, (1 + n) / (10 + n))."""
     net, d = nn.Linear(3, 2), 0.9
     ema = create_ema(net, d)
-    weights = [torch.randn(2, 3, generator=torch.Generator().manual_seed(k)) for k in range(4)]
-    expected = None
-    for w in weights:
+    weights = [torch.randn(2, 3, generator=torch.Generator().manual_seed(k)) for k in range(30)]
+    expected = weights[0].clone()
+    for n, w in enumerate(weights):
         with torch.no_grad():
             net.weight.copy_(w)
         ema.update_parameters(net)
-        expected = w.clone() if expected is None else d * expected + (1 - d) * w
-    torch.testing.assert_close(ema.module.weight, expected, rtol=1e-6, atol=1e-7)
+        if n > 0:
+            d_n = min(d, (1 + n) / (10 + n))
+            expected = d_n * expected + (1 - d_n) * w
+    assert ema_decay_at(d, 1) == pytest.approx(2 / 11) and ema_decay_at(d, 500) == d
+    torch.testing.assert_close(ema.module.weight, expected, rtol=1e-6, atol=1e-6)
     assert not ema.module.training and not ema.module.weight.requires_grad
 
 

@@ -5,7 +5,7 @@ Public API (stable):
     from training import TrainConfig, train, load_checkpoint, load_model, score_fn_for, CheckpointError
 
     cfg = TrainConfig(workdir="runs/digits_nivp", dataset="digits", model="digits", sde="nivp", loss="dsm",
-                      noise="gff", steps=2000, batch_size=128)
+                      noise="gff", steps=600, batch_size=64, sample_every=200)
     result = train(cfg, progress=True)
         # Resumes from the newest readable checkpoint in cfg.workdir (an unreadable newest one is skipped with a
         # warning) and trains to cfg.steps. Returns {"step", "start_step", "losses", "stopped_by", "checkpoint",

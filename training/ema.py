@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
-__all__ = ["create_ema", "ema_state_dict", "load_ema_state_dict"]
+__all__ = ["EMA_WARMUP", "ema_decay_at", "create_ema", "ema_state_dict", "load_ema_state_dict"]
+
+EMA_WARMUP = 10
+
+
+def ema_decay_at(decay: float, n: int) -> float:
+    """Decay of the update that follows n earlier ones: min(decay, (1 + n) / (EMA_WARMUP + n)).
+
+    The warm-up (TensorFlow's ExponentialMovingAverage with num_updates) forgets the first, fast-changing weights
+    of a run quickly: the average spans about n steps early on and 1 / (1 - decay) steps once n is large.
+    """
+    return min(decay, (1.0 + n) / (EMA_WARMUP + n))
+
+
+def _warmed_up_ema(decay: float):
+    @torch.no_grad()
+    def update(ema_params: list[Tensor], model_params: list[Tensor], n_averaged: Tensor) -> None:
+        weight = 1.0 - ema_decay_at(decay, int(n_averaged))
+        torch._foreach_lerp_(ema_params, model_params, weight)  # what swa_utils.get_ema_multi_avg_fn does
+
+    return update
 
 
 def create_ema(model: nn.Module, decay: float) -> AveragedModel:
-    """EMA copy of `model`: the first update copies W, later ones set W_ema <- decay W_ema + (1 - decay) W.
+    """EMA copy of `model`: the first update copies W; the update after n earlier ones sets
+    W_ema <- d_n W_ema + (1 - d_n) W with d_n = ema_decay_at(decay, n).
 
     Buffers are copied from the model, not averaged. The copy is in eval mode with gradients off;
     `ema.module` is a model of the same class, used for sampling.
     """
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must lie in [0, 1], got {decay}")
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    ema = AveragedModel(model, multi_avg_fn=_warmed_up_ema(decay))
     ema.eval().requires_grad_(False)
     return ema
 

@@ -36,7 +36,7 @@ from .losses import get_loss
 from .rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from .sample_grid import save_sample_grid
 
-__all__ = ["train", "METRICS_FILE", "SAMPLES_DIR"]
+__all__ = ["train", "Trainer", "METRICS_FILE", "SAMPLES_DIR"]
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
@@ -65,8 +65,15 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-class _Trainer:
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, dataset: Dataset | None):
+class Trainer:
+    """Everything of one run, built from its config and resumed from its workdir's newest readable checkpoint.
+
+    `train_step()` performs one optimiser step, `save()` writes a checkpoint, `run()` is the loop of `train`
+    (which also sets up and tears down torch.distributed). Building a Trainer writes no files.
+    """
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext | None = None, dataset: Dataset | None = None):
+        ctx = DistContext(0, 1, 0, torch.device(cfg.device), owns_group=False) if ctx is None else ctx
         self.cfg, self.ctx = cfg, ctx
         self.workdir = Path(cfg.workdir)
         if cfg.batch_size % ctx.world_size:
@@ -74,7 +81,8 @@ class _Trainer:
         if dataset is None:
             from .data import load_dataset
 
-            dataset = load_dataset(cfg.dataset, root=cfg.data_root, split="train")
+            flip = cfg.dataset != "digits" if cfg.flip is None else cfg.flip
+            dataset = load_dataset(cfg.dataset, root=cfg.data_root, split="train", flip=flip)
         self.dataset = dataset
 
         ckpt = load_latest_checkpoint(self.workdir)
@@ -175,7 +183,7 @@ class _Trainer:
             f.write(json.dumps(record) + "\n")
 
     # ---- the loop --------------------------------------------------------------------------------
-    def _train_step(self, signals: _StopOnSignal) -> tuple[float, float, bool]:
+    def train_step(self, signals: _StopOnSignal | None = None) -> tuple[float, float, bool]:
         """One optimiser step; returns (loss, gradient norm, whether any rank received SIGTERM/SIGINT)."""
         cfg, ctx = self.cfg, self.ctx
         x0 = self.order.next_batch().to(ctx.device, non_blocking=True)
@@ -189,7 +197,7 @@ class _Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
         local_bad = not (math.isfinite(loss_value) and math.isfinite(norm_value))
-        any_bad, stop = any_rank(self.ctx, [local_bad, signals.requested is not None])
+        any_bad, stop = any_rank(self.ctx, [local_bad, signals is not None and signals.requested is not None])
         if any_bad:
             what = f"loss {loss_value}, grad norm {norm_value}" if local_bad else "on another rank"
             raise FloatingPointError(
@@ -227,7 +235,7 @@ class _Trainer:
         self.net.train()
         with _StopOnSignal() as signals, bar:
             while self.step < cfg.steps:
-                loss_value, norm_value, stop_requested = self._train_step(signals)
+                loss_value, norm_value, stop_requested = self.train_step(signals)
                 losses.append(loss_value)
                 window_loss, window_norm, window_n = window_loss + loss_value, window_norm + norm_value, window_n + 1
                 bar.update(1)
@@ -284,6 +292,6 @@ def train(cfg: TrainConfig, progress: bool = True, dataset: Dataset | None = Non
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     ctx = setup_distributed(cfg.device)
     try:
-        return _Trainer(cfg, ctx, dataset).run(progress)
+        return Trainer(cfg, ctx, dataset).run(progress)
     finally:
         teardown_distributed(ctx)

@@ -50,5 +50,5 @@ def save_sample_grid(
         model.train(was_training)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(x.float().clamp(-1, 1) * 0.5 + 0.5, path, nrow=math.ceil(math.sqrt(count)), padding=1)
+    save_image(x.float().clamp(-1, 1) * 0.5 + 0.5, path, nrow=math.ceil(math.sqrt(count)), padding=1, pad_value=0.5)
     return path

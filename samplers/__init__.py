@@ -14,13 +14,13 @@ Methods and their options (defaults in brackets; each module's docstring states 
   denoise [True]; adaptive solvers take steps=None, fixed-grid ones need steps; all SDEs.
 * "ddpm" (samplers.discrete): var in {posterior, beta} [posterior]; NIVPSDE / VPSDE.
 * "ddim" (samplers.discrete): eta [0.0]; NIVPSDE / VPSDE.
-* "als", "cas" (samplers.smld): eps_step, n_steps_each (als), harmonic_mean [False], denoise [True], eps [1e-3];
-  NIVESDE / VESDE.
-* "dpm2m" (samplers.dpm_solver): order in {1, 2} [2], schedule in {logsnr, time} [logsnr], eps [1e-3],
-  denoise [True]; VP, subVP, NIVP, VE, NI-VE. steps defaults to 20.
+* "als", "cas" (samplers.smld): eps_step [6.2e-6], n_steps_each (als only) [5], harmonic_mean [False],
+  denoise [True], eps [1e-3]; NIVESDE / VESDE.
+* "dpm2m" (samplers.dpm_solver): order in {1, 2} [2], schedule in {logsnr, time} [logsnr], warp [1.0],
+  eps [1e-3], denoise [True]; VP, subVP, NIVP, VE, NI-VE. steps defaults to 20.
 
 `steps` is the number of time steps (noise levels); it is the number of model evaluations except for correctors
-(n_corrector more per step), als (n_steps_each per level) and the final denoising evaluations of ode / als / cas;
+(n_corrector more per step), als (n_steps_each per level) and the final denoising evaluation of ode / als;
 the returned `nfe` always counts them exactly. Every step is one `kernels.ni_update` whose noise seed is drawn from
 `generator`, so a run is reproducible and sample i of a batch does not depend on the batch size. A non-finite x
 raises FloatingPointError naming the step and the time.

@@ -20,10 +20,11 @@ lambda_s, r = h_prev / h, phi = 1 - e^{-h})
 As x0_j = (x_j - std_j Sigma^{1/2} eps_j) / a_j is linear in the stored (x_j, eps_j), each step is one `ni_update` of
 x_lin = sum_j u_j x_j and eps_lin = sum_j v_j eps_j (the multistep history enters as plain axpys, Sigma^{1/2} once).
 
-Grid: the model is evaluated at t_0 = T > ... > t_{K-1} = eps, uniform in lambda ("logsnr", default) or in t
-("time"). The first step is first order (no history). denoise=True takes the last step from eps to a = 1, std = 0
-(phi = 1, first order: x = x0(x_eps, eps)); denoise=False ends at t = eps with the K evaluations at the first K of K + 1
-grid points.
+Grid: the model is evaluated at t_0 = T > ... > t_{K-1} = eps, uniform in t ("time") or in lambda ("logsnr",
+default): lambda_k = lambda(T) + (lambda(eps) - lambda(T)) (k / (K-1))^warp, where warp < 1 spaces the steps more
+closely at low noise (warp = 1: uniform in log-SNR, as DPM-Solver). The first step is first order (no history).
+denoise=True takes the last step from eps to a = 1, std = 0 (phi = 1, first order: x = x0(x_eps, eps));
+denoise=False ends at t = eps, with the K evaluations at the first K of K + 1 grid points.
 """
 
 from __future__ import annotations
@@ -46,19 +47,21 @@ def log_snr(sde, t: Tensor) -> Tensor:
     return torch.log(sde.mean_coeff(t)) - torch.log(sde.marginal_std(t))
 
 
-def solver_times(sde, points: int, eps: float, schedule: str = "logsnr") -> Tensor:
-    """`points` times from T down to eps (float64), uniform in lambda ("logsnr") or in t ("time").
+def solver_times(sde, points: int, eps: float, schedule: str = "logsnr", warp: float = 1.0) -> Tensor:
+    """`points` times from T down to eps (float64): uniform in t ("time"), or in lambda warped by u -> u^warp.
 
     lambda(t) is decreasing; its inverse is found by bisection on [eps, T], so any SDE works.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if isinstance(warp, bool) or not isinstance(warp, (int, float)) or not warp > 0:
+        raise ValueError(f"warp must be a positive number, got {warp!r}")
     if points == 1:
         return torch.tensor([sde.T], dtype=torch.float64)
     if schedule == "time":
         return torch.linspace(sde.T, eps, points, dtype=torch.float64)
     ends = log_snr(sde, torch.tensor([sde.T, eps], dtype=torch.float64))
-    target = torch.linspace(float(ends[0]), float(ends[1]), points, dtype=torch.float64)
+    target = ends[0] + (ends[1] - ends[0]) * torch.linspace(0, 1, points, dtype=torch.float64) ** warp
     lo = torch.full_like(target, eps)
     hi = torch.full_like(target, sde.T)
     for _ in range(100):
@@ -96,6 +99,7 @@ def sample_dpm2m(
     steps: int | None,
     order: int = 2,
     schedule: str = "logsnr",
+    warp: float = 1.0,
     eps: float = DEFAULT_EPS,
     denoise: bool = True,
 ) -> Tensor:
@@ -106,7 +110,7 @@ def sample_dpm2m(
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     steps = 20 if steps is None else steps
-    times = solver_times(sde, steps if denoise else steps + 1, eps, schedule)
+    times = solver_times(sde, steps if denoise else steps + 1, eps, schedule, warp)
     a = sde.mean_coeff(times).tolist()
     std = sde.marginal_std(times).tolist()
     lam = log_snr(sde, times).tolist()

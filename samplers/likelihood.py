@@ -41,6 +41,12 @@ def _probe(x: Tensor, divergence: str, generator: torch.Generator | None) -> Ten
     return torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
 
 
+def _rms_norm(state: tuple[Tensor, ...]) -> Tensor:
+    """Root mean square over every entry of the (x, log-density) state: the step-size control error norm."""
+    total = sum(v.square().sum() for v in state)
+    return (total / sum(v.numel() for v in state)).sqrt()
+
+
 def _drift_and_divergence(
     drift_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, probe: Tensor | None
 ) -> tuple[Tensor, Tensor]:
@@ -55,10 +61,14 @@ def _drift_and_divergence(
         if probe is not None:
             xg = x.detach().requires_grad_(True)
             drift = drift_fn(xg, t)
+            if not drift.requires_grad:
+                return drift.detach(), torch.zeros(B, dtype=x.dtype, device=x.device)
             (vjp,) = torch.autograd.grad(drift, xg, probe)
             return drift.detach(), (vjp * probe).flatten(1).sum(1)
         copies = x.detach().unsqueeze(0).expand(D, *x.shape).reshape(D * B, *x.shape[1:]).requires_grad_(True)
         drift = drift_fn(copies, t.repeat(D)).reshape(D, B, D)
+        if not drift.requires_grad:  # a drift that does not depend on x
+            return drift[0].reshape(x.shape), torch.zeros(B, dtype=x.dtype, device=x.device)
         index = torch.arange(D, device=x.device)
         (grad,) = torch.autograd.grad(drift[index, :, index].sum(), copies)
         trace = grad.reshape(D, B, D)[index, :, index].sum(0)
@@ -107,7 +117,8 @@ def log_likelihood(
     func = ClampedTime(dynamics, eps, sde.T)
     grid = torch.tensor([eps, sde.T], dtype=torch.float64, device=x.device)
     state = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
-    xs, integral = odeint(func, state, grid, method=solver, rtol=rtol, atol=atol, options={"step_t": grid[1:]})
+    options = {"step_t": grid[1:], "norm": _rms_norm}
+    xs, integral = odeint(func, state, grid, method=solver, rtol=rtol, atol=atol, options=options)
     z, delta = xs[-1], integral[-1]
     prior = sde.prior_logp(z) if prior_logp is None else prior_logp(z)
     return prior.to(delta) + delta, z, func.calls

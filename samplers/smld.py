@@ -9,12 +9,17 @@ score the white-noise prediction at level i (so sigma_i^2 Sigma s = -sigma_i Sig
       x <- x + alpha_i Sigma s + sqrt(2 alpha_i) Sigma^{1/2} z
          = x + Sigma^{1/2}(-alpha_i / sigma_i eps + sqrt(2 alpha_i) z)
 * CAS: eta = eps_step / sigma_L^2 in (0, 1), r = sigma_i / sigma_{i+1} (constant), beta_cas = sqrt(1 - r^2 (1 - eta)^2)
-  (`sde_lib.cas_noise_scale`, needs eta >= 1 - 1/r); one step per level
-      x <- x + eta sigma_i^2 Sigma s + beta_cas sigma_{i+1} Sigma^{1/2} z,  no noise at the last level.
+  (`sde_lib.cas_noise_scale`, needs eta >= 1 - 1/r; eta = 1 - 1/r is deterministic and equals first-order DDIM for
+  VE, eta -> 1 replaces all noise by fresh noise); one step per level
+      x <- x + eta sigma_i^2 Sigma s + beta_cas sigma_{i+1} Sigma^{1/2} z,
+  and at the last level no noise, with eta = 1 when denoise=True (Tweedie: x + sigma_L^2 Sigma s(x, sigma_L)).
 
-denoise=True ends with x <- x + sigma_L^2 Sigma s(x, sigma_L) (one more evaluation). harmonic_mean=True applies the
+denoise=True ends ALS with x <- x + sigma_L^2 Sigma s(x, sigma_L) (one more evaluation). harmonic_mean=True applies the
 correction s <- (sigma_H / sigma) s of MATH.md 4 (E.11), sigma_H the harmonic mean of sde.discrete_sigmas (the
 training levels); it is meant for unconditional (NCSN-style) models only.
+
+Defaults: eps_step = 6.2e-6 and n_steps_each = 5 are NCSNv2's CIFAR-10 values (sigma_L = 0.01, so eta ~ 0.06); CAS
+with that eta needs r < 1.066, i.e. at least 134 levels between sigma_max = 50 and 0.01 (fewer raise ValueError).
 """
 
 from __future__ import annotations
@@ -53,16 +58,11 @@ def _check_positive(name: str, value) -> float:
     return float(value)
 
 
-def _denoise(run: Run, x: Tensor, t: float, sigma: float, scale: float) -> Tensor:
-    """x + sigma_L^2 Sigma s(x, sigma_L) = x - sigma_L Sigma^{1/2} eps."""
-    return run.update(x, run.eps(x, t), 1.0, -sigma * scale, 0.0, "denoise", t)
-
-
 def sample_als(
     run: Run,
     steps: int | None,
-    eps_step: float = 2e-6,
-    n_steps_each: int = 1,
+    eps_step: float = 6.2e-6,
+    n_steps_each: int = 5,
     harmonic_mean: bool = False,
     denoise: bool = True,
     eps: float = DEFAULT_EPS,
@@ -79,13 +79,16 @@ def sample_als(
         alpha = eps_step * sigma**2 / sigma_last**2
         for _ in range(n_steps_each):
             x = run.update(x, run.eps(x, t), 1.0, -alpha / sigma * float(scale[i]), math.sqrt(2 * alpha), i, t)
-    return _denoise(run, x, float(times[-1]), sigma_last, float(scale[-1])) if denoise else x
+    if denoise:  # x + sigma_L^2 Sigma s(x, sigma_L) = x - sigma_L Sigma^{1/2} eps
+        t = float(times[-1])
+        x = run.update(x, run.eps(x, t), 1.0, -sigma_last * float(scale[-1]), 0.0, "denoise", t)
+    return x
 
 
 def sample_cas(
     run: Run,
     steps: int | None,
-    eps_step: float = 1e-5,
+    eps_step: float = 6.2e-6,
     harmonic_mean: bool = False,
     denoise: bool = True,
     eps: float = DEFAULT_EPS,
@@ -102,6 +105,8 @@ def sample_cas(
     x = run.prior()
     for i in run.steps(range(len(times)), len(times), "cas"):
         t, sigma = float(times[i]), float(sigmas[i])
-        c_z = beta * float(sigmas[i + 1]) if i + 1 < len(times) else 0.0
-        x = run.update(x, run.eps(x, t), 1.0, -eta * sigma * float(scale[i]), c_z, i, t)
-    return _denoise(run, x, float(times[-1]), sigma_last, float(scale[-1])) if denoise else x
+        last = i + 1 == len(times)
+        step = 1.0 if last and denoise else eta
+        c_z = 0.0 if last else beta * float(sigmas[i + 1])
+        x = run.update(x, run.eps(x, t), 1.0, -step * sigma * float(scale[i]), c_z, i, t)
+    return x

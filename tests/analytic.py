@@ -58,6 +58,32 @@ def fit_kl_null(n: int, D: int) -> tuple[float, float]:
     return mean, math.sqrt(2 * dof) / (2 * n)
 
 
+def moment_statistics(x: Tensor, mean: Tensor, cov: Tensor) -> dict[str, float]:
+    """How far samples x (n, C, H, W) are from N(mean, cov) (flat (D,), (D, D)), with each statistic's null law.
+
+    * kl_excess: KL(N(mean_hat, cov_hat) || N(mean, cov)) minus its exact-sampling mean (`fit_kl_null`); kl_sd is
+      its exact-sampling standard deviation. Catches any error in the mean or the covariance.
+    * var_excess: tr(cov^-1 cov_hat) / D - (n - 1) / n, the whitened variance ratio error (0 in mean for exact
+      samples, n tr(cov^-1 cov_hat) ~ chi^2 with D (n - 1) degrees of freedom); var_sd = sqrt(2 D (n-1)) / (n D).
+    * mean_err, cov_err: the largest absolute entry errors (reported, not tested).
+    """
+    n = x.shape[0]
+    D = mean.shape[-1]
+    flat = x.reshape(n, -1).to(torch.float64)
+    m_hat = flat.mean(0)
+    S_hat = torch.cov(flat.T, correction=0)
+    null_mean, null_sd = fit_kl_null(n, D)
+    ratio = torch.linalg.solve(cov, S_hat).diagonal().sum() / D
+    return {
+        "kl_excess": float(gaussian_kl(m_hat, S_hat, mean, cov)) - null_mean,
+        "kl_sd": null_sd,
+        "var_excess": float(ratio) - (n - 1) / n,
+        "var_sd": math.sqrt(2 * D * (n - 1)) / (n * D),
+        "mean_err": float((m_hat - mean).abs().max()),
+        "cov_err": float((S_hat - cov).abs().max()),
+    }
+
+
 def exact_noise_variance(sde: SDE, t: Tensor) -> Tensor:
     """v(t) = std(t)^2 - (a(t) / a(0))^2 std(0)^2: the noise variance of x_t given x_0 for the SDE started at 0."""
     zero = torch.zeros_like(t)
@@ -188,6 +214,30 @@ class GaussianMixture:
             return out
 
         return score_fn
+
+    def fit_error(self, x: Tensor) -> float:
+        """sum_k w_k KL(N(m_k_hat, S_k_hat) || N(m_k, S_k)) + KL(w_hat || w) with soft assignment by the exact
+        responsibilities r_k(x): w_hat = mean r_k, (m_k_hat, S_k_hat) the r_k-weighted mean and covariance.
+
+        A low-variance error of samples from a mixture (its exact-sampling mean is `fit_error_null`).
+        """
+        flat = x.reshape(x.shape[0], -1).to(torch.float64)
+        r = self.responsibilities(x.to(torch.float64))
+        w_hat = r.mean(0)
+        total = float((w_hat * (w_hat / self.weights).log()).sum())
+        for k in range(len(self.weights)):
+            rk = r[:, k] / r[:, k].sum()
+            m = rk @ flat
+            diff = flat - m
+            S = (diff * rk[:, None]).T @ diff
+            total += float(self.weights[k]) * float(gaussian_kl(m, S, self.means[k], self.covs[k]))
+        return total
+
+    def fit_error_null(self, n: int, replicates: int, seed: int = 123) -> tuple[float, float]:
+        """Mean and standard deviation of `fit_error` over `replicates` sets of n exact samples."""
+        g = torch.Generator().manual_seed(seed)
+        errs = torch.tensor([self.fit_error(self.sample(n, g)) for _ in range(replicates)], dtype=torch.float64)
+        return float(errs.mean()), float(errs.std())
 
     def end_logp(self, sde: SDE) -> Callable[[Tensor], Tensor]:
         """log p_T(z): the exact end-point density, to pass as log_likelihood's prior_logp."""

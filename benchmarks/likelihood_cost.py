@@ -1,0 +1,139 @@
+"""Cost of samplers.log_likelihood against the common scipy baseline, in one run (issue 4).
+
+Baseline (the approach of public score-SDE code, e.g. score_sde_pytorch's likelihood.py): the batch and its
+log-density increment are flattened into one numpy vector and integrated by scipy's solve_ivp RK45; every
+evaluation converts numpy -> torch, evaluates the drift (one model call through the reverse SDE), evaluates the
+Hutchinson divergence (a second model call with a vector-Jacobian product) and converts back to numpy.
+samplers.log_likelihood integrates the same ODE (same drift, same Rademacher probe, same rtol = atol = 1e-5, both
+Dormand-Prince 5(4)) with torchdiffeq, state kept in torch, drift and divergence from one model call.
+
+Accuracy: both against a reference solve of the same ODE with the same probe at rtol = atol = 1e-10 (for the
+Gaussian mixture with its exact end-point prior, the reference is the exact log-density up to the Hutchinson probe).
+
+    python benchmarks/likelihood_cost.py [--repeats 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+
+from analytic import GaussianMixture  # noqa: E402
+
+import samplers  # noqa: E402
+from models import create_model  # noqa: E402
+from sde_lib import NIVPSDE, GFFCovariance  # noqa: E402
+
+SHAPE = (1, 8, 8)
+
+
+def scipy_baseline(sde, score_fn, x, probe, rtol, atol, eps, prior_logp):
+    """(logp, model calls, ODE evaluations) by solve_ivp RK45 with numpy conversion at every evaluation."""
+    shape, batch = x.shape, x.shape[0]
+    reverse = sde.reverse(score_fn, probability_flow=True)
+
+    def drift_fn(sample, t):
+        return reverse.sde(sample, t)[0]
+
+    def div_fn(sample, t):
+        with torch.enable_grad():
+            sample = sample.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad((drift_fn(sample, t) * probe).sum(), sample)
+        return (grad * probe).sum(dim=(1, 2, 3))
+
+    def ode_func(t, y):
+        sample = torch.from_numpy(y[:-batch].reshape(shape)).to(x.device, x.dtype)
+        vec_t = torch.ones(batch, dtype=x.dtype, device=x.device) * t
+        drift = drift_fn(sample, vec_t).detach().cpu().numpy().reshape(-1)
+        logp_grad = div_fn(sample, vec_t).detach().cpu().numpy().reshape(-1)
+        return np.concatenate([drift, logp_grad], axis=0)
+
+    init = np.concatenate([x.detach().cpu().numpy().reshape(-1), np.zeros(batch)], axis=0)
+    solution = solve_ivp(ode_func, (eps, sde.T), init, rtol=rtol, atol=atol, method="RK45")
+    zp = solution.y[:, -1]
+    z = torch.from_numpy(zp[:-batch].reshape(shape)).to(x.device, x.dtype)
+    delta = torch.from_numpy(zp[-batch:]).to(x.device, x.dtype)
+    return prior_logp(z) + delta, 2 * solution.nfev, solution.nfev
+
+
+def timed(fn, repeats: int):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def workloads(batch: int) -> list[tuple[str, object, object, torch.Tensor, object]]:
+    cov = GFFCovariance(SHAPE, power=1.0)
+    sde = NIVPSDE(cov=cov)
+    gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(2024))
+    x = gmm.sample(batch, torch.Generator().manual_seed(1))
+    net = create_model("digits", dropout=0.0).double().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return [
+        ("GMM exact score, 1x8x8, float64", sde, gmm.score_fn(sde), x, gmm.end_logp(sde)),
+        ("digits U-Net (1.1M, random), 1x8x8, float64", sde, samplers.score_fn_from_eps(sde, net), x, sde.prior_logp),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.machine()}, torch {torch.__version__}, threads {args.threads}, batch {args.batch}")
+    tol, eps = 1e-5, 1e-5
+    print("| workload | method | NFE (model calls) | wall s | max abs error vs reference (nats) | wall ratio |")
+    print("|---|---|---|---|---|---|")
+    for name, sde, score_fn, x, prior in workloads(args.batch):
+        compare(name, sde, score_fn, x, prior, tol, eps, args.repeats)
+
+
+def compare(name, sde, score_fn, x, prior, tol: float, eps: float, repeats: int) -> None:
+    """One table row pair: the baseline and samplers.log_likelihood on the same ODE and probe."""
+    # the probe log_likelihood draws from a generator seeded with 0 (samplers.likelihood._probe)
+    probe = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)).to(x.dtype) * 2 - 1
+
+    def ours(rtol=tol, atol=tol):
+        return samplers.log_likelihood(
+            sde,
+            score_fn,
+            x,
+            divergence="rademacher",
+            rtol=rtol,
+            atol=atol,
+            eps=eps,
+            prior_logp=prior,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    reference = ours(1e-10, 1e-10)[0]
+    wall_ours, (logp, _, nfe) = timed(ours, repeats)
+    wall_base, (logp_b, calls_b, nfe_b) = timed(
+        lambda: scipy_baseline(sde, score_fn, x, probe, tol, tol, eps, prior), repeats
+    )
+    err, err_b = float((logp - reference).abs().max()), float((logp_b - reference).abs().max())
+    print(f"| {name} | scipy RK45 + numpy (baseline) | {nfe_b} ({calls_b}) | {wall_base:.2f} | {err_b:.2e} | 1 |")
+    print(
+        f"| {name} | samplers.log_likelihood | {nfe} ({nfe}) | {wall_ours:.2f} | {err:.2e} | "
+        f"{wall_ours / wall_base:.2f} |",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

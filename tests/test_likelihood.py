@@ -1,0 +1,216 @@
+"""Probability-flow likelihood and bits/dim on data whose density is exact (MATH.md 5, 5.1, 8.12, 8.14, 8.15).
+
+With the exact score of p_t and the exact end-point density p_T as prior, the PF-ODE likelihood of x at time eps is
+log p_eps(x); with eps = 1e-8 that is log p_0(x) to far below 1e-4 nats (p_eps = p_0 convolved with noise of
+variance ~ beta_min eps Sigma = 1e-9 Sigma), so the closed form log N(x; m, S) (or the mixture density) is the target.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from analytic import GaussianMixture
+
+import samplers
+from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, SubVPSDE, nats_to_bpd
+from sde_lib import dequantize as dequantize_pixels
+
+SHAPE = (1, 8, 8)
+D = 64
+F64 = torch.float64
+TIGHT = {"rtol": 1e-7, "atol": 1e-7, "eps": 1e-8}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cov():
+    return GFFCovariance(SHAPE, power=1.0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return GaussianMixture.gaussian(SHAPE, torch.Generator().manual_seed(21))
+
+
+def make_sde(name: str, cov):
+    return {
+        "nivp": lambda: NIVPSDE(cov=cov),
+        "vp": lambda: VPSDE(shape=SHAPE),
+        "subvp": lambda: SubVPSDE(cov=cov),
+        "nive": lambda: NIVESDE(cov=cov),
+        "ve": lambda: VESDE(shape=SHAPE),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["nivp", "vp", "nive", "subvp", "ve"])
+def test_exact_likelihood_of_gaussian_data(cov, data, name):
+    """Exact divergence + exact end-point prior: log N(x; m, S) to 1e-4 nats (MATH.md 8.12)."""
+    sde = make_sde(name, cov)
+    x = data.sample(4, torch.Generator().manual_seed(1))
+    logp, z, nfe = samplers.log_likelihood(sde, data.score_fn(sde), x, prior_logp=data.end_logp(sde), **TIGHT)
+    assert logp.dtype == F64 and z.shape == x.shape and nfe > 10
+    torch.testing.assert_close(logp, data.log_prob(x), rtol=0, atol=1e-4)
+
+
+def test_exact_likelihood_of_a_gaussian_mixture(cov):
+    """A three-component mixture (a non-linear score): the mixture's log-density to 1e-4 nats."""
+    gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(3))
+    sde = NIVPSDE(cov=cov)
+    x = gmm.sample(4, torch.Generator().manual_seed(4))
+    logp, _, _ = samplers.log_likelihood(sde, gmm.score_fn(sde), x, prior_logp=gmm.end_logp(sde), **TIGHT)
+    torch.testing.assert_close(logp, gmm.log_prob(x), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, bound", [("nivp", 0.1), ("vp", 0.1), ("nive", 0.1)])
+def test_default_prior_difference_is_small(cov, data, name, bound):
+    """With the SDE's own prior N(0, c^2 Sigma) instead of p_T, the mean difference over 16 samples is small
+    (O(a(1)) for VP, O(|m|^2 / sigma_max^2) for VE); printed for the record (pytest -s)."""
+    sde = make_sde(name, cov)
+    x = data.sample(16, torch.Generator().manual_seed(5))
+    logp, _, _ = samplers.log_likelihood(sde, data.score_fn(sde), x, rtol=1e-5, atol=1e-5, eps=1e-8)
+    diff = logp - data.log_prob(x)
+    print(f"{name}: default-prior difference mean {float(diff.mean()):+.4f}, max |.| {float(diff.abs().max()):.4f}")
+    assert abs(float(diff.mean())) < bound
+
+
+@pytest.mark.parametrize("divergence", ["rademacher", "gaussian"])
+def test_hutchinson_agrees_within_three_standard_errors(cov, data, divergence):
+    """256 probes of one x (one probe per copy, fixed along its solve): the mean is within 3 standard errors."""
+    sde = NIVPSDE(cov=cov)
+    x = data.sample(1, torch.Generator().manual_seed(6)).expand(256, *SHAPE).contiguous()
+    logp, _, _ = samplers.log_likelihood(
+        sde,
+        data.score_fn(sde),
+        x,
+        divergence=divergence,
+        prior_logp=data.end_logp(sde),
+        generator=torch.Generator().manual_seed(7),
+        rtol=1e-6,
+        atol=1e-6,
+        eps=1e-8,
+    )
+    exact = float(data.log_prob(x[:1]))
+    se = float(logp.std()) / math.sqrt(logp.numel())
+    assert float(logp.std()) > 0.1  # the probes differ
+    assert abs(float(logp.mean()) - exact) < 3 * se, (float(logp.mean()), exact, se)
+
+
+@pytest.mark.parametrize("levels", [256, 16])
+@pytest.mark.parametrize("dequantize", [True, False])
+def test_bits_per_dim_of_a_uniform_density(cov, levels, dequantize):
+    """A model uniform on [-1, 1]^D (zero score under NI-VE: the flow is the identity, prior 2^-D) has
+    bpd = log2(levels): 8 for 256 levels (MATH.md 8.14)."""
+    sde = NIVESDE(cov=cov)
+    pixels = torch.randint(0, levels, (3, *SHAPE), generator=torch.Generator().manual_seed(8))
+
+    def uniform(z):
+        return torch.full((z.shape[0],), -D * math.log(2.0), dtype=z.dtype)
+
+    bpd, nfe = samplers.bits_per_dim(
+        sde,
+        lambda x, t: torch.zeros_like(x),
+        pixels,
+        levels=levels,
+        dequantize=dequantize,
+        prior_logp=uniform,
+        generator=torch.Generator().manual_seed(9),
+        dtype=F64,
+    )
+    torch.testing.assert_close(bpd, torch.full((3,), math.log2(levels), dtype=F64), rtol=0, atol=1e-12)
+    assert nfe > 0
+
+
+def test_bits_per_dim_dequantises_with_the_generator(cov, data):
+    """bpd = -log p(y) / (D ln 2) + 7 with y = (n + u)/128 - 1, u drawn first from the generator (MATH.md 5)."""
+    sde = NIVPSDE(cov=cov)
+    pixels = torch.randint(100, 156, (2, *SHAPE), generator=torch.Generator().manual_seed(10))
+    options = {"prior_logp": data.end_logp(sde), **TIGHT}
+    bpd, _ = samplers.bits_per_dim(
+        sde, data.score_fn(sde), pixels, generator=torch.Generator().manual_seed(11), dtype=F64, **options
+    )
+    u = torch.rand(pixels.shape, generator=torch.Generator().manual_seed(11), dtype=F64)
+    y = dequantize_pixels(pixels, 256, u)
+    expected = nats_to_bpd(data.log_prob(y), D, 256)
+    torch.testing.assert_close(bpd, expected, rtol=0, atol=1e-4 / (D * math.log(2)))
+    centre, _ = samplers.bits_per_dim(sde, data.score_fn(sde), pixels, dequantize=False, dtype=F64, **options)
+    expected = nats_to_bpd(data.log_prob(dequantize_pixels(pixels, 256, torch.full(pixels.shape, 0.5, dtype=F64))), D)
+    torch.testing.assert_close(centre, expected, rtol=0, atol=1e-4 / (D * math.log(2)))
+
+
+class SmallEpsNet(torch.nn.Module):
+    """A small random eps-network: an MLP of (x, t) with a tanh hidden layer (any score model will do)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(torch.nn.Linear(D + 1, 96), torch.nn.Tanh(), torch.nn.Linear(96, D)).double()
+
+    def forward(self, x, t):
+        return self.net(torch.cat([x.flatten(1), t[:, None]], dim=1)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("pair", [("nivp", "vp"), ("nive", "ve")])
+def test_whitening_equivalence(cov, pair):
+    """log p^X(x) = log p^Y(Sigma^{-1/2} x) - 1/2 log det Sigma, where p^X uses the non-isotropic SDE with
+    eps_theta and p^Y the isotropic one with eps_theta(Sigma^{1/2} y, t), to solver tolerance (MATH.md 5.1, 8.15)."""
+    net = SmallEpsNet(seed=12)
+    sde_x, sde_y = make_sde(pair[0], cov), make_sde(pair[1], cov)
+    score_x = samplers.score_fn_from_eps(sde_x, net)
+    score_y = samplers.score_fn_from_eps(sde_y, lambda y, t: net(cov.sqrt_mul(y), t))
+    x = 0.5 * torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(13), dtype=F64)
+    with torch.no_grad():
+        logp_x, z_x, _ = samplers.log_likelihood(sde_x, score_x, x, rtol=1e-7, atol=1e-7)
+        logp_y, z_y, _ = samplers.log_likelihood(sde_y, score_y, cov.inv_sqrt_mul(x), rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(logp_x, logp_y - 0.5 * cov.logdet(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(cov.sqrt_mul(z_y), z_x, rtol=0, atol=1e-5)  # trajectories map by Sigma^{1/2}
+
+
+def test_float32_matches_float64(cov, data):
+    sde = NIVPSDE(cov=cov)
+    x = data.sample(3, torch.Generator().manual_seed(14))
+    ref, _, _ = samplers.log_likelihood(sde, data.score_fn(sde), x)
+    logp, z, _ = samplers.log_likelihood(sde, data.score_fn(sde), x.float())
+    assert logp.dtype == torch.float32 and z.dtype == torch.float32
+    torch.testing.assert_close(logp.double(), ref, rtol=0, atol=2e-3)
+
+
+def test_model_is_only_evaluated_inside_eps_to_T_and_nfe_counts_calls(cov, data):
+    sde = NIVPSDE(cov=cov)
+    score = data.score_fn(sde)
+    seen = []
+
+    def recording(x, t):
+        seen.append(t.detach())
+        return score(x, t)
+
+    _, _, nfe = samplers.log_likelihood(sde, recording, data.sample(2, torch.Generator().manual_seed(15)), eps=1e-3)
+    times = torch.cat(seen)
+    assert nfe == len(seen) and times.min() >= 1e-3 and times.max() <= 1.0
+
+
+def test_likelihood_argument_errors(cov, data):
+    sde = NIVPSDE(cov=cov)
+    x = data.sample(2, torch.Generator().manual_seed(16))
+    score = data.score_fn(sde)
+    with pytest.raises(ValueError, match="divergence"):
+        samplers.log_likelihood(sde, score, x, divergence="trace")
+    with pytest.raises(ValueError, match="adaptive"):
+        samplers.log_likelihood(sde, score, x, solver="rk4")
+    with pytest.raises(ValueError, match="eps"):
+        samplers.log_likelihood(sde, score, x, eps=1.5)
+    with pytest.raises(ValueError, match="x must be"):
+        samplers.log_likelihood(sde, score, x[0])
+    singular = NIVPSDE(cov=GFFCovariance(SHAPE, dc="zero"))
+    with pytest.raises(ValueError, match="singular"):
+        samplers.log_likelihood(singular, score, x)
+    with pytest.raises(ValueError, match="images_uint8"):
+        samplers.bits_per_dim(sde, score, x[0])

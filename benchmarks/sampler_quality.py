@@ -1,0 +1,176 @@
+"""Few-step sample quality of every sampler on a Gaussian mixture in GFF noise with the exact score (issue 4).
+
+Data: a 3-component Gaussian mixture on 1x8x8 images (dense random component covariances, eigenvalues in
+[0.02, 0.3], means 0.5 N(0, I)), noised by NIVP / NI-VE SDEs with GFF noise (power 1). The score of every marginal
+is exact (tests/analytic.py), so the only errors are the samplers' own.
+
+Error (low variance): each sample is assigned to the components by its exact responsibilities r_k(x) (soft), a
+Gaussian is fitted per component (weighted mean and covariance) and the weights are estimated by mean r_k; the error
+is sum_k w_k KL(N(m_k_hat, S_k_hat) || N(m_k, S_k)) + KL(w_hat || w), minus the mean of the same estimator on exact
+samples of the same size (so 0 means "as good as exact sampling"; the residual noise is about 0.006 nats at n = 1e4).
+
+    python benchmarks/sampler_quality.py                       # the table (about half an hour on 2 CPU cores)
+    python benchmarks/sampler_quality.py --gaussian            # discretisation allowances of the sampler tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import platform
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+
+from analytic import GaussianMixture, moment_statistics  # noqa: E402
+
+import samplers  # noqa: E402
+from sde_lib import NIVESDE, NIVPSDE, GFFCovariance  # noqa: E402
+
+SHAPE = (1, 8, 8)
+NFES = (10, 20, 50, 100, 1000)
+
+
+def problem(N: int = 1000) -> dict:
+    cov = GFFCovariance(SHAPE, power=1.0)
+    gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(2024))
+    return {"gmm": gmm, "vp": NIVPSDE(cov=cov, N=N), "ve": NIVESDE(cov=cov, N=N), "cov": cov}
+
+
+def configurations(nfe: int) -> list[tuple[str, str, dict, int]]:
+    """(row label, SDE family, sample() arguments, SDE discretisation N) for a budget of `nfe` evaluations."""
+    vp, ve = "vp", "ve"
+    return [
+        ("ddpm", vp, {"method": "ddpm", "steps": nfe}, 1000),
+        ("ddim (eta=0)", vp, {"method": "ddim", "steps": nfe}, 1000),
+        ("dpm2m (defaults: logsnr grid, eps 1e-3)", vp, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("dpm2m (logsnr warp 0.65, eps 5e-3)", vp, {"method": "dpm2m", "steps": nfe, "warp": 0.65, "eps": 5e-3}, 1000),
+        ("dpm2m (time grid)", vp, {"method": "dpm2m", "steps": nfe, "schedule": "time"}, 1000),
+        ("pc euler_maruyama", vp, {"method": "pc", "steps": nfe}, 1000),
+        ("pc reverse_diffusion (N=NFE)", vp, {"method": "pc", "steps": nfe, "predictor": "reverse_diffusion"}, nfe),
+        ("pc ancestral (N=NFE)", vp, {"method": "pc", "steps": nfe, "predictor": "ancestral"}, nfe),
+        (
+            "pc EM + langevin snr 0.16 (NFE/2 steps)",
+            vp,
+            {"method": "pc", "steps": nfe // 2, "corrector": "langevin"},
+            1000,
+        ),
+        ("ode euler (NFE-1 steps + denoise)", vp, {"method": "ode", "solver": "euler", "steps": nfe - 1}, 1000),
+        ("NI-VE dpm2m (logsnr grid)", ve, {"method": "dpm2m", "steps": nfe}, 1000),
+        (
+            "NI-VE pc reverse_diffusion (N=NFE)",
+            ve,
+            {"method": "pc", "steps": nfe, "predictor": "reverse_diffusion"},
+            nfe,
+        ),
+        ("NI-VE cas (eta = max(0.5, 1-1/r))", ve, {"method": "cas", "steps": nfe}, 1000),
+        (
+            "NI-VE als (3 per level, eta 0.3, +denoise)",
+            ve,
+            {"method": "als", "steps": (nfe - 1) // 3, "n_steps_each": 3},
+            1000,
+        ),
+    ]
+
+
+def cas_eps_step(sde, steps: int, eps: float = samplers.common.DEFAULT_EPS) -> float:
+    """eps_step giving eta = max(0.5, 1 - 1/r) + margin for CAS over `steps` levels (eta = eps_step / sigma_L^2)."""
+    sigma_last = float(sde.marginal_std(torch.tensor(eps, dtype=torch.float64)))
+    ratio = (sde.sigma_max / sigma_last) ** (1 / (steps - 1))
+    return max(0.5, 1 - 1 / ratio + 1e-3) * sigma_last**2
+
+
+def run_table(n: int, seed: int) -> None:
+    base = problem()
+    gmm = base["gmm"]
+    null_mean, null_sd = gmm.fit_error_null(n, replicates=20)
+    print(f"exact samples: mixture fit error {null_mean:.4f} +- {null_sd:.4f} nats (n = {n}, 20 replicates)")
+    results: dict[str, dict[int, tuple[float, int]]] = {}
+    for nfe in NFES:
+        for label, family, args, N in configurations(nfe):
+            args = dict(args)
+            if args.get("steps", 1) < 1:
+                continue
+            sde = base[family] if N == 1000 else problem(N)[family]
+            if args["method"] == "cas":
+                args["eps_step"] = cas_eps_step(sde, args["steps"])
+            if args["method"] == "als":
+                args["eps_step"] = 0.3 * float(sde.marginal_std(torch.tensor(1e-3, dtype=torch.float64))) ** 2
+            start = time.time()
+            x, used = samplers.sample(
+                sde,
+                gmm.score_fn(sde),
+                (n, *SHAPE),
+                generator=torch.Generator().manual_seed(seed),
+                dtype=torch.float64,
+                **args,
+            )
+            err = gmm.fit_error(x) - null_mean
+            results.setdefault(label, {})[nfe] = (err, used)
+            print(f"{label:40s} NFE {used:5d}  error {err:8.4f}  ({time.time() - start:.1f} s)", flush=True)
+    print()
+    print("| method | " + " | ".join(f"NFE {nfe}" for nfe in NFES) + " |")
+    print("|---|" + "---|" * len(NFES))
+    for label, row in results.items():
+        cells = []
+        for nfe in NFES:
+            if nfe in row:
+                err, used = row[nfe]
+                cells.append(f"{err:.3f}" + ("" if used == nfe else f" ({used})"))
+            else:
+                cells.append("-")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+    print("| ode dopri5 (adaptive, + denoise), rtol = atol | NFE | error |")
+    print("|---|---|---|")
+    for tol in (1e-2, 1e-3, 1e-4, 1e-5):
+        sde = base["vp"]
+        generator = torch.Generator().manual_seed(seed)
+        x, used = samplers.sample(
+            sde, gmm.score_fn(sde), (n, *SHAPE), "ode", generator=generator, dtype=torch.float64, rtol=tol, atol=tol
+        )
+        print(f"| {tol:g} | {used} | {gmm.fit_error(x) - null_mean:.3f} |", flush=True)
+
+
+def gaussian_allowances(n: int, seed: int, cases: list[str] | None) -> None:
+    """Bias of the two statistics of tests/test_samplers.py for each of its sampler cases, with n samples."""
+    from test_samplers import ACCURACY_CASES, gaussian_problem
+
+    data, sdes = gaussian_problem()
+    print("| case | NFE | KL excess (sd) | variance ratio - 1 (sd) | test allowances (KL, variance) |")
+    print("|---|---|---|---|---|")
+    for name, (sde_name, args, _, kl_allow, var_allow) in ACCURACY_CASES.items():
+        if cases and name not in cases:
+            continue
+        sde = sdes[sde_name]
+        generator = torch.Generator().manual_seed(seed)
+        x, nfe = samplers.sample(sde, data.score_fn(sde), (n, *SHAPE), generator=generator, dtype=torch.float64, **args)
+        st = moment_statistics(x, data.means[0], data.covs[0])
+        print(
+            f"| {name} | {nfe} | {st['kl_excess']:+.4f} ({st['kl_sd']:.4f}) | {st['var_excess']:+.4f} "
+            f"({st['var_sd']:.4f}) | {kl_allow}, {var_allow} |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=10000, help="samples per cell")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (small tensors: 1 is fastest)")
+    parser.add_argument("--gaussian", action="store_true", help="measure the allowances of tests/test_samplers.py")
+    parser.add_argument("--cases", nargs="*", help="with --gaussian: only these cases of ACCURACY_CASES")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
+    if args.gaussian:
+        gaussian_allowances(args.n, args.seed, args.cases)
+    else:
+        run_table(args.n, args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -42,8 +42,8 @@ def timestep_subsequence(N: int, steps: int) -> Tensor:
 
 
 def level_time(sde, level: int) -> float:
-    """The continuous time t_i = (i + 1) T / N of discrete level i (sde.discrete_index(t_i) = i)."""
-    return (level + 1) * sde.T / sde.N
+    """The continuous time t_i = (i + 1) T / N of discrete level i: `sde.discrete_time`, as in training."""
+    return float(sde.discrete_time(level))
 
 
 def ddpm_coefficients(abar: float, abar_prev: float, var: str = "posterior") -> tuple[float, float, float]:

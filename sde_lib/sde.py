@@ -96,6 +96,14 @@ class SDE(ABC):
         """Step index i = (t (N - 1) / T).long() of continuous time t, as score_sde_pytorch."""
         return (t * (self.N - 1) / self.T).long()
 
+    def discrete_time(self, i: Tensor | int) -> Tensor:
+        """Continuous time t_i = (i + 1) T / N of discrete level i in {0..N-1} (float64).
+
+        The one rule that discrete training (NI-DDPM, NCSN levels) and discrete sampling share: level i is DDPM's
+        timestep i + 1 scaled to (0, T], and discrete_index(t_i) = i exactly, in float32 as in float64.
+        """
+        return (torch.as_tensor(i, dtype=torch.float64) + 1) * self.T / self.N
+
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """One step x_{i+1} = x_i + f + G Sigma^{1/2} z; Euler-Maruyama by default: f = f(x, t) dt, G = g sqrt(dt)."""
         t = _batch_t(t, x)

@@ -53,8 +53,8 @@ def ddpm_abar(N: int) -> np.ndarray:
 
 
 def ncsn_sigmas(N: int) -> np.ndarray:
-    """Geometric levels from sigma_min to sigma_max (MATH.md 4)."""
-    return np.exp(np.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), N))
+    """The NCSN training levels sigma(t_i) at the discrete times t_i = (i + 1) / N (MATH.md 4)."""
+    return ve_levels(np.arange(1, N + 1) / N)[1]
 
 
 def dense_sigma(coloured: bool) -> torch.Tensor:
@@ -176,12 +176,12 @@ def test_loss_of_linear_network_equals_closed_form(data, loss_name, kind, N, col
 
 
 def _optimal_levels(loss_name: str, kind: str, N: int):
-    """(a, s) as (B,) tensors at the network times t the loss feeds in (t = i / (N - 1) for NI-DDPM)."""
+    """(a, s) as (B,) tensors at the network times t the loss feeds in (t = (i + 1) / N for NI-DDPM)."""
     if loss_name == "ddpm":
         abar = torch.from_numpy(ddpm_abar(N))
 
         def levels(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            ab = abar[torch.round(t * (N - 1)).long()]
+            ab = abar[torch.round(t * N).long() - 1]
             return ab.sqrt(), (1 - ab).sqrt()
 
         return levels
@@ -257,14 +257,14 @@ def test_loss_is_the_mean_of_the_per_sample_losses(data, loss_name, kind, N):
 
 
 def test_noise_levels_have_the_stated_laws():
-    """DSM: t ~ U(eps_t, 1) (Kolmogorov-Smirnov); NI-DDPM and NCSN: i ~ U{0..N-1} (chi-square), t = i / (N - 1)."""
+    """DSM: t ~ U(eps_t, 1) (Kolmogorov-Smirnov); NI-DDPM and NCSN: i ~ U{0..N-1} (chi-square), t = (i + 1) / N."""
     sde = make_sde("vp", True)
     t = DSMLoss().levels(sde, 20_000, seed=4).t.numpy()
     assert t.min() >= EPS_T and t.max() <= 1.0
     assert scipy.stats.kstest(t, scipy.stats.uniform(loc=EPS_T, scale=1 - EPS_T).cdf).pvalue > 1e-3
     for loss, sde in [(NIDDPMLoss(), make_sde("vp", True, 50)), (NCSNLoss(), make_sde("ve", True, 50))]:
         lv = loss.levels(sde, 50_000, seed=8)
-        i = lv.t.numpy() * 49
+        i = lv.t.numpy() * 50 - 1
         np.testing.assert_allclose(i, np.round(i), atol=1e-9)
         assert scipy.stats.chisquare(np.bincount(np.round(i).astype(int), minlength=50)).pvalue > 1e-3
 

@@ -6,11 +6,12 @@ Every loss perturbs clean images x_0 as x_t = a x_0 + s Sigma^{1/2} eps with whi
 
     s^2 (s_theta - s_cond)^T Sigma (s_theta - s_cond) = || residual ||^2,    s_cond = -Sigma^{-1/2} eps / s
 
-  "ddpm"  NI-DDPM (MATH.md 2): i ~ U{0..N-1}, a = sqrt(abar_i), s = sqrt(1 - abar_i), the net sees t = i / (N - 1);
-          residual eps_theta(x_t, t) - eps; score s_theta = -Sigma^{-1/2} eps_theta / s.
+  "ddpm"  NI-DDPM (MATH.md 2): i ~ U{0..N-1}, a = sqrt(abar_i), s = sqrt(1 - abar_i), the net sees
+          t = sde.discrete_time(i) = (i + 1) T / N; residual eps_theta(x_t, t) - eps;
+          score s_theta = -Sigma^{-1/2} eps_theta / s.
   "dsm"   continuous DSM (MATH.md 3, 4): t ~ U(eps_t, 1), a = a(t), s = std(t) of the SDE (VP, sub-VP, NIVP: the
           eps parameterisation; VE, NI-VE: the sigma-conditional eps parameterisation); same residual and score.
-  "ncsn"  NCSN unconditional form (MATH.md 4), VE family: i ~ U{0..N-1}, s = sigma_i, t = i / (N - 1);
+  "ncsn"  NCSN unconditional form (MATH.md 4), VE family: i ~ U{0..N-1}, t = sde.discrete_time(i), s = sigma(t);
           residual Sigma^{1/2} u_theta(x_t) + eps; score s_theta = u_theta / sigma(t).
 
 Isotropic models are Sigma = I (IdentityCovariance): the same code.
@@ -51,16 +52,6 @@ def _bc(v: Tensor) -> Tensor:
 
 def _level_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), _LEVEL_STREAM])
-
-
-def _discrete_time(i: Tensor, N: int) -> Tensor:
-    """t = i / (N - 1) for step indices i in {0..N-1} (t = 0 when N = 1)."""
-    return i.to(torch.float64) / max(N - 1, 1)
-
-
-def _discrete_index(t: Tensor, N: int) -> Tensor:
-    """Inverse of _discrete_time: i = round(t (N - 1)), clamped to {0..N-1}."""
-    return torch.round(t.detach().to(torch.float64).cpu() * (N - 1)).long().clamp(0, N - 1)
 
 
 class DiffusionLoss(ABC):
@@ -120,7 +111,7 @@ class _EpsParameterised(DiffusionLoss):
 
 class NIDDPMLoss(_EpsParameterised):
     """NI-DDPM (MATH.md 2): i ~ U{0..N-1}, x_t = sqrt(abar_i) x_0 + sqrt(1 - abar_i) Sigma^{1/2} eps,
-    loss mean ||eps_theta(x_t, i / (N - 1)) - eps||^2. VP family (NIVPSDE / VPSDE) only."""
+    loss mean ||eps_theta(x_t, t_i) - eps||^2, t_i = sde.discrete_time(i). VP family (NIVPSDE / VPSDE) only."""
 
     name = "ddpm"
 
@@ -131,10 +122,10 @@ class NIDDPMLoss(_EpsParameterised):
     def levels(self, sde: SDE, batch: int, seed: int) -> NoiseLevels:
         i = torch.from_numpy(_level_rng(seed).integers(0, sde.N, size=batch))
         abar = sde.schedule.alphas_cumprod[i]
-        return NoiseLevels(_discrete_time(i, sde.N), abar.sqrt(), (1.0 - abar).sqrt())
+        return NoiseLevels(sde.discrete_time(i), abar.sqrt(), (1.0 - abar).sqrt())
 
     def std(self, sde: SDE, t: Tensor) -> Tensor:
-        abar = sde.schedule.alphas_cumprod[_discrete_index(t, sde.N)]
+        abar = sde.schedule.alphas_cumprod[sde.discrete_index(t.detach().cpu())]
         return (1.0 - abar).sqrt().to(device=t.device)
 
 
@@ -163,10 +154,11 @@ class DSMLoss(_EpsParameterised):
 
 
 class NCSNLoss(DiffusionLoss):
-    """NCSN unconditional form (MATH.md 4): i ~ U{0..N-1}, x_t = x_0 + sigma_i Sigma^{1/2} eps,
+    """NCSN unconditional form (MATH.md 4): i ~ U{0..N-1}, t_i = sde.discrete_time(i),
+    x_t = x_0 + sigma(t_i) Sigma^{1/2} eps;
     loss mean ||Sigma^{1/2} u_theta(x_t) + eps||^2, score u_theta / sigma. VE family (NIVESDE / VESDE) only.
 
-    The network is called as model(x_t, t) with t = i / (N - 1); an unconditional network
+    The network is called as model(x_t, t) with t = sde.discrete_time(i); an unconditional network
     (UNetConfig.conditional=False) ignores t, which is the NCSN u_theta(x).
     """
 
@@ -177,8 +169,8 @@ class NCSNLoss(DiffusionLoss):
             raise ValueError(f"loss 'ncsn' needs a VE-family SDE (NIVESDE/VESDE), got {type(sde).__name__}")
 
     def levels(self, sde: SDE, batch: int, seed: int) -> NoiseLevels:
-        i = torch.from_numpy(_level_rng(seed).integers(0, sde.N, size=batch))
-        return NoiseLevels(_discrete_time(i, sde.N), torch.ones(batch, dtype=torch.float64), sde.discrete_sigmas[i])
+        t = sde.discrete_time(torch.from_numpy(_level_rng(seed).integers(0, sde.N, size=batch)))
+        return NoiseLevels(t, torch.ones(batch, dtype=torch.float64), sde.marginal_std(t))
 
     def std(self, sde: SDE, t: Tensor) -> Tensor:
         return sde.marginal_std(t)

@@ -15,11 +15,17 @@ missing data end with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning threads of two processes
+# stall each other (a training step measured 4.6 s instead of 1.0 s on 2 busy cores). Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import csv
+import dataclasses
 import json
 import math
-import os
 import pathlib
 import sys
 import time
@@ -33,7 +39,7 @@ from tqdm.auto import tqdm
 
 import evaluation
 import samplers
-from sde_lib import SDE_NAMES, GFFCovariance, SpectralCovariance, make_sde
+from sde_lib import SDE, SDE_NAMES, GFFCovariance, SpectralCovariance, make_sde
 from training import CheckpointError, TrainConfig, load_model, score_fn_for, train
 from training.config import LOSS_NAMES, NOISE_NAMES
 from training.data import ImageDataset, load_dataset
@@ -47,15 +53,21 @@ METRICS = ("digits", "inception")
 # The model config a dataset trains with by default.
 DEFAULT_CONFIG = {"digits": "digits", "cifar10": "cifar10", "folder": "cifar10"}
 
-# The main job's budget: about 5 minutes on 2 CPU cores (benchmarks/RESULTS.md, "Main job and Table 1").
-MAIN_TRAIN_STEPS = 1500
-MAIN_SAMPLE_STEPS = 200
+# The main job's budget: under 5 minutes on 2 shared CPU cores (benchmarks/RESULTS.md, "Main job and Table 1").
+# A short schedule suits it: batch 64, learning rate 1e-3, EMA decay 0.995 (TrainConfig's defaults, batch 128,
+# 2e-4 and 0.999, are the long-run ones `train` uses). Bits/dim use rtol = atol = 1e-4 there, which moved the mean
+# by 0.001 bit/dim against 1e-5 on a trained digits model at a third of the NFE; `likelihood` defaults to 1e-5.
+MAIN_TRAIN_STEPS = 500
+MAIN_SCHEDULE = {"batch_size": 64, "lr": 1e-3, "ema_decay": 0.995}
+MAIN_SAMPLE_STEPS = 100
 MAIN_SAMPLES = 256
-MAIN_BPD_IMAGES = 128
+MAIN_BPD_IMAGES = 64
+MAIN_BPD_TOL = 1e-4
 # The Table 1 protocol (Ho et al. style: DDPM vs NI-DDPM at decreasing numbers of steps).
 TABLE_SDES = ("vp", "nivp")
 TABLE_STEPS = (1000, 100, 50, 20, 10)
 TABLE_SAMPLERS = ("ddpm", "dpm2m")
+TABLE_SAMPLES = 128  # 2 SDEs x 2 samplers x 1180 steps of 128 images, plus training: about 20 CPU minutes
 
 
 class UsageError(Exception):
@@ -74,6 +86,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -84,6 +97,7 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
     try:
         value = int(text)
     except ValueError:
@@ -94,6 +108,7 @@ def non_negative_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
     try:
         value = float(text)
     except ValueError:
@@ -104,6 +119,7 @@ def positive_float(text: str) -> float:
 
 
 def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
     try:
         value = float(text)
     except ValueError:
@@ -113,7 +129,20 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1) (an EMA decay)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
 def choice_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """argparse type: a comma-separated, non-empty list of `choices`."""
+
     def parse(text: str) -> tuple[str, ...]:
         items = tuple(s.strip() for s in text.split(",") if s.strip())
         bad = [s for s in items if s not in choices]
@@ -125,6 +154,7 @@ def choice_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
 
 
 def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: a comma-separated, non-empty list of integers >= 1."""
     try:
         items = tuple(positive_int(s) for s in text.split(",") if s.strip())
     except argparse.ArgumentTypeError:
@@ -135,6 +165,7 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def float_list(text: str) -> tuple[float, ...]:
+    """argparse type: a comma-separated, non-empty list of numbers >= 0."""
     try:
         items = tuple(non_negative_float(s) for s in text.split(",") if s.strip())
     except argparse.ArgumentTypeError:
@@ -158,10 +189,12 @@ def sampler_option(text: str) -> tuple[str, object]:
 
 
 def default_device() -> str:
+    """cuda when a GPU is visible, else cpu."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_common(p: argparse.ArgumentParser, workdir_help: str) -> None:
+    """--device, --seed, --workdir, --config: the flags every command has."""
     g = p.add_argument_group("common")
     g.add_argument("--device", default=default_device(), help="torch device: cpu, cuda, cuda:K (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
@@ -176,27 +209,33 @@ def add_common(p: argparse.ArgumentParser, workdir_help: str) -> None:
 
 
 def add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
+    """--dataset, --data-root, --download."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=default, help="data set (default: %(default)s)")
     g.add_argument("--data-root", type=pathlib.Path, default=None, help="cifar10 batches/npz or an image folder")
     g.add_argument("--download", action="store_true", help="cifar10: fetch the official archive (needs internet)")
 
 
-def add_experiment(p: argparse.ArgumentParser, sde_default: str = "nivp") -> None:
+def add_experiment(p: argparse.ArgumentParser, schedule: dict | None = None) -> None:
+    """Experiment flags; `schedule` overrides the defaults of batch_size, lr and ema_decay (else TrainConfig's)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in MAIN_SCHEDULE}
+    defaults.update(schedule or {})
     g = p.add_argument_group("experiment")
-    g.add_argument("--sde", choices=SDE_NAMES, default=sde_default, help="forward SDE (default: %(default)s)")
+    g.add_argument("--sde", choices=SDE_NAMES, default="nivp", help="forward SDE (default: %(default)s)")
     g.add_argument("--gff-power", type=non_negative_float, default=1.0, help="GFF exponent: spectrum |k|^-2p")
     g.add_argument("--dc", choices=("one", "zero"), default="one", help="GFF DC bin (default: %(default)s)")
     g.add_argument(
         "--noise", choices=NOISE_NAMES, default="gff", help="nivp/nive covariance: gff, or the data-matched spectrum"
     )
     g.add_argument("--loss", choices=LOSS_NAMES, default="dsm", help="training loss (default: %(default)s)")
-    g.add_argument("--batch-size", type=positive_int, default=128, help="training batch (default: %(default)s)")
-    g.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: TrainConfig's)")
+    g.add_argument("--batch-size", type=positive_int, default=defaults["batch_size"], help="default: %(default)s")
+    g.add_argument("--lr", type=positive_float, default=defaults["lr"], help="learning rate (default: %(default)s)")
+    g.add_argument("--ema-decay", type=unit_interval, default=defaults["ema_decay"], help="default: %(default)s")
     g.add_argument("--save-every", type=non_negative_int, default=500, help="checkpoint period in steps")
 
 
 def add_sampling(p: argparse.ArgumentParser, method: str, steps: int | None, n: int) -> None:
+    """--sampler, --steps, --n, --sample-batch-size, --option KEY=VALUE."""
     g = p.add_argument_group("sampling")
     g.add_argument("--sampler", choices=SAMPLERS, default=method, help="sampling method (default: %(default)s)")
     g.add_argument(
@@ -215,6 +254,7 @@ def add_sampling(p: argparse.ArgumentParser, method: str, steps: int | None, n: 
 
 
 def add_checkpoint(p: argparse.ArgumentParser) -> None:
+    """--checkpoint PATH."""
     p.add_argument(
         "--checkpoint",
         type=pathlib.Path,
@@ -224,6 +264,7 @@ def add_checkpoint(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> Parser:
+    """The parser of every command (argparse subcommands)."""
     parser = Parser(
         prog="run.py",
         description="nidiff: score-based diffusion with non-isotropic (GFF) noise. Without a command, the flags "
@@ -240,8 +281,8 @@ def build_parser() -> Parser:
         "floor, the classifier's accuracy, and bits/dim of held-out digits (probability-flow ODE, 17 grey levels)."
     )
     add_common(p, run_dir)
-    add_data(p)
-    add_experiment(p)
+    p.set_defaults(dataset="digits", data_root=None, download=False)
+    add_experiment(p, MAIN_SCHEDULE)
     add_sampling(p, "pc", MAIN_SAMPLE_STEPS, MAIN_SAMPLES)
     p.add_argument("--train-steps", type=positive_int, default=MAIN_TRAIN_STEPS, help="optimiser steps in total")
     p.add_argument("--bpd-images", type=non_negative_int, default=MAIN_BPD_IMAGES, help="held-out images for bpd")
@@ -290,11 +331,11 @@ def build_parser() -> Parser:
     p = sub.add_parser("table", help="the paper's Table 1: SDEs x steps x samplers -> FID, P, R")
     add_common(p, "run directory (default: runs/table1_<dataset>); one sub-directory per SDE")
     add_data(p)
-    add_experiment(p)
+    add_experiment(p, MAIN_SCHEDULE)
     p.add_argument("--sdes", type=choice_list(SDE_NAMES), default=TABLE_SDES, help="default: vp,nivp")
     p.add_argument("--samplers", type=choice_list(SAMPLERS), default=TABLE_SAMPLERS, help="default: ddpm,dpm2m")
     p.add_argument("--steps", type=int_list, default=TABLE_STEPS, help="default: 1000,100,50,20,10")
-    p.add_argument("--n", type=positive_int, default=256, help="images per cell (default: %(default)s)")
+    p.add_argument("--n", type=positive_int, default=TABLE_SAMPLES, help="images per cell (default: %(default)s)")
     p.add_argument("--sample-batch-size", type=positive_int, default=256, help="images per sampler call")
     p.add_argument("--train-steps", type=positive_int, default=MAIN_TRAIN_STEPS, help="optimiser steps per SDE")
     p.add_argument("--metric", choices=METRICS, default=None, help="feature space (default: digits for digits)")
@@ -314,6 +355,7 @@ def build_parser() -> Parser:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse argv; without a command (flags only, or nothing) the command is `main`."""
     argv = list(argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["main", *argv]
@@ -324,6 +366,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def config_name(args: argparse.Namespace) -> str:
+    """--config, or the data set's default model config."""
     return args.config or DEFAULT_CONFIG[args.dataset]
 
 
@@ -343,6 +386,7 @@ def run_name(args: argparse.Namespace) -> str:
 
 
 def check_data_args(dataset: str, root: pathlib.Path | None, download: bool = False) -> None:
+    """A folder data set needs --data-root; a given --data-root must exist unless it is a download target."""
     if dataset == "folder" and root is None:
         raise UsageError("--dataset folder needs --data-root DIR (a folder of PNG/JPEG images)")
     if root is not None and not root.exists() and not download:
@@ -356,7 +400,7 @@ def data_split(dataset: str, root: pathlib.Path | None, split: str, download: bo
 
 
 def train_config(args: argparse.Namespace, workdir: pathlib.Path, steps: int, sde: str | None = None) -> TrainConfig:
-    kwargs = {"lr": args.lr} if args.lr is not None else {}
+    """The TrainConfig of the experiment flags (`sde` overrides --sde, for the table)."""
     return TrainConfig(
         workdir=str(workdir),
         dataset=args.dataset,
@@ -372,7 +416,8 @@ def train_config(args: argparse.Namespace, workdir: pathlib.Path, steps: int, sd
         save_every=args.save_every,
         seed=args.seed,
         device=args.device,
-        **kwargs,
+        lr=args.lr,
+        ema_decay=args.ema_decay,
     )
 
 
@@ -386,7 +431,7 @@ def check_sampler(sde_name: str, shape: tuple[int, int, int], method: str, steps
         raise UsageError(f"--sampler {method}: {err}") from err
 
 
-def load_run(args: argparse.Namespace) -> tuple[nn.Module, object, TrainConfig, pathlib.Path]:
+def load_run(args: argparse.Namespace) -> tuple[nn.Module, SDE, TrainConfig, pathlib.Path]:
     """(EMA model, SDE, TrainConfig, checkpoint source) of --checkpoint or of --workdir's newest checkpoint."""
     source = args.checkpoint or args.workdir
     if not source.exists():
@@ -400,7 +445,7 @@ def load_run(args: argparse.Namespace) -> tuple[nn.Module, object, TrainConfig, 
 @torch.no_grad()
 def generate(
     model: nn.Module,
-    sde,
+    sde: SDE,
     cfg: TrainConfig,
     method: str,
     steps: int | None,
@@ -427,7 +472,7 @@ def generate(
 
 def bits_per_dim(
     model: nn.Module,
-    sde,
+    sde: SDE,
     cfg: TrainConfig,
     pixels: Tensor,
     levels: int,
@@ -449,6 +494,7 @@ def bits_per_dim(
 
 
 def mean_and_sem(values: Tensor) -> tuple[float, float]:
+    """(mean, standard error std / sqrt(n)) of per-image values."""
     values = values.double()
     sem = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     return float(values.mean()), sem
@@ -470,6 +516,7 @@ def digits_metric(workdir: pathlib.Path, seed: int) -> tuple[evaluation.DigitsMe
 
 
 def write_json(path: pathlib.Path, payload: dict) -> None:
+    """Write payload as indented JSON, creating the parent directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
@@ -478,8 +525,7 @@ def write_json(path: pathlib.Path, payload: dict) -> None:
 
 
 def cmd_main(args: argparse.Namespace) -> int:
-    if args.dataset != "digits":
-        raise UsageError("the main job runs on --dataset digits; use `run.py train` for other data sets")
+    """Train (or continue) digits, sample, write samples.png and metrics.json, print a summary (module doc)."""
     options = dict(args.option)
     shape = tuple(evaluation.DIGITS_SHAPE)
     check_sampler(args.sde, shape, args.sampler, args.steps, options)
@@ -521,7 +567,17 @@ def cmd_main(args: argparse.Namespace) -> int:
     if args.bpd_images:
         held_out = test_set.pixels[: args.bpd_images]
         bpd, bpd_nfe = bits_per_dim(
-            model, sde, cfg, held_out, test_set.levels, 128, args.seed, args.device, divergence="rademacher"
+            model,
+            sde,
+            cfg,
+            held_out,
+            test_set.levels,
+            128,
+            args.seed,
+            args.device,
+            divergence="rademacher",
+            rtol=MAIN_BPD_TOL,
+            atol=MAIN_BPD_TOL,
         )
         mean, sem = mean_and_sem(bpd)
         metrics["bits_per_dim"] = {
@@ -530,7 +586,8 @@ def cmd_main(args: argparse.Namespace) -> int:
             "images": len(held_out),
             "levels": test_set.levels,
             "dequantization": "uniform u ~ U[0,1) per pixel, bin width 2/17 in [-1, 1]: y = (n + u) 2/17 - 1",
-            "estimator": "probability-flow ODE (dopri5, rtol = atol = 1e-5), Hutchinson divergence (Rademacher)",
+            "estimator": f"probability-flow ODE (dopri5, rtol = atol = {MAIN_BPD_TOL:g}), Hutchinson divergence "
+            "(one Rademacher probe per image)",
             "nfe": bpd_nfe,
         }
     metrics["total_seconds_this_call"] = round(time.perf_counter() - started, 1)
@@ -540,6 +597,7 @@ def cmd_main(args: argparse.Namespace) -> int:
 
 
 def print_summary(workdir: pathlib.Path, grid: pathlib.Path, m: dict) -> None:
+    """The main job's closing summary: paths and the headline numbers."""
     lines = [
         f"run directory   {workdir}",
         f"samples         {grid}  ({m['sampler']['n']} images, {m['sampler']['method']}, NFE {m['sampler']['nfe']:g})",
@@ -559,6 +617,7 @@ def print_summary(workdir: pathlib.Path, grid: pathlib.Path, m: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train or resume to --steps (training.train; DDP under torchrun, SIGTERM/SIGINT save and exit 0)."""
     check_data_args(args.dataset, args.data_root)
     if args.download:
         data_split(args.dataset, args.data_root, "train", download=True)
@@ -573,6 +632,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample a checkpoint: a grid PNG, with --out one PNG per image, and the NFE."""
     args.workdir = args.workdir or pathlib.Path("runs/digits_nivp")
     options = dict(args.option)
     model, sde, cfg, source = load_run(args)
@@ -592,6 +652,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
+    """Bits/dim of a split through the probability-flow ODE (MATH.md 5): mean, standard error, JSON."""
     args.workdir = args.workdir or pathlib.Path("runs/digits_nivp")
     model, sde, cfg, source = load_run(args)
     dataset = args.dataset or cfg.dataset
@@ -660,6 +721,7 @@ def folder_metric(
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
+    """FID, KID, precision and recall (clean-fid) of sampled or given images against a folder or statistics."""
     args.workdir = args.workdir or pathlib.Path("runs/digits_nivp")
     options = dict(args.option)
     if args.images is not None and not args.images.is_dir():
@@ -737,6 +799,7 @@ def table_markdown(rows: list[dict], sdes: Sequence[str], score: str) -> str:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
+    """Table 1 protocol: per SDE train (or resume), then per steps x sampler sample --n images and score them."""
     workdir = args.workdir or pathlib.Path("runs") / f"table1_{args.dataset}"
     metric = args.metric or ("digits" if args.dataset == "digits" else "inception")
     check_data_args(args.dataset, args.data_root)
@@ -846,6 +909,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; usage errors, bad checkpoints and missing data print one line and return 2."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     handler = {
         "main": cmd_main,

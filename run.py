@@ -53,12 +53,11 @@ METRICS = ("digits", "inception")
 # The model config a dataset trains with by default.
 DEFAULT_CONFIG = {"digits": "digits", "cifar10": "cifar10", "folder": "cifar10"}
 
-# The main job's budget: under 5 minutes on 2 shared CPU cores (benchmarks/RESULTS.md, "Main job and Table 1").
-# A short schedule suits it: batch 64, learning rate 1e-3, EMA decay 0.995 (TrainConfig's defaults, batch 128,
-# 2e-4 and 0.999, are the long-run ones `train` uses). Bits/dim use rtol = atol = 1e-4 there, which moved the mean
-# by 0.001 bit/dim against 1e-5 on a trained digits model at a third of the NFE; `likelihood` defaults to 1e-5.
+# The main job's budget: under 5 minutes on 2 shared CPU cores (benchmarks/RESULTS.md, "Main job and Table 1"),
+# with TrainConfig's CPU schedule (batch 64, lr 1e-3, EMA with warm-up). Bits/dim use rtol = atol = 1e-4 there,
+# which moved the mean by 0.001 bit/dim against 1e-5 on the trained digits model at a third of the NFE; the
+# `likelihood` command defaults to 1e-5.
 MAIN_TRAIN_STEPS = 500
-MAIN_SCHEDULE = {"batch_size": 64, "lr": 1e-3, "ema_decay": 0.995}
 MAIN_SAMPLE_STEPS = 100
 MAIN_SAMPLES = 256
 MAIN_BPD_IMAGES = 64
@@ -216,10 +215,9 @@ def add_data(p: argparse.ArgumentParser, default: str | None = "digits") -> None
     g.add_argument("--download", action="store_true", help="cifar10: fetch the official archive (needs internet)")
 
 
-def add_experiment(p: argparse.ArgumentParser, schedule: dict | None = None) -> None:
-    """Experiment flags; `schedule` overrides the defaults of batch_size, lr and ema_decay (else TrainConfig's)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in MAIN_SCHEDULE}
-    defaults.update(schedule or {})
+def add_experiment(p: argparse.ArgumentParser) -> None:
+    """Experiment flags; batch size, learning rate, warm-up and EMA decay default to TrainConfig's."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     g = p.add_argument_group("experiment")
     g.add_argument("--sde", choices=SDE_NAMES, default="nivp", help="forward SDE (default: %(default)s)")
     g.add_argument("--gff-power", type=non_negative_float, default=1.0, help="GFF exponent: spectrum |k|^-2p")
@@ -230,8 +228,9 @@ def add_experiment(p: argparse.ArgumentParser, schedule: dict | None = None) -> 
     g.add_argument("--loss", choices=LOSS_NAMES, default="dsm", help="training loss (default: %(default)s)")
     g.add_argument("--batch-size", type=positive_int, default=defaults["batch_size"], help="default: %(default)s")
     g.add_argument("--lr", type=positive_float, default=defaults["lr"], help="learning rate (default: %(default)s)")
+    g.add_argument("--warmup", type=non_negative_int, default=defaults["warmup"], help="lr warm-up steps")
     g.add_argument("--ema-decay", type=unit_interval, default=defaults["ema_decay"], help="default: %(default)s")
-    g.add_argument("--save-every", type=non_negative_int, default=500, help="checkpoint period in steps")
+    g.add_argument("--save-every", type=non_negative_int, default=defaults["save_every"], help="checkpoint period")
 
 
 def add_sampling(p: argparse.ArgumentParser, method: str, steps: int | None, n: int) -> None:
@@ -282,7 +281,7 @@ def build_parser() -> Parser:
     )
     add_common(p, run_dir)
     p.set_defaults(dataset="digits", data_root=None, download=False)
-    add_experiment(p, MAIN_SCHEDULE)
+    add_experiment(p)
     add_sampling(p, "pc", MAIN_SAMPLE_STEPS, MAIN_SAMPLES)
     p.add_argument("--train-steps", type=positive_int, default=MAIN_TRAIN_STEPS, help="optimiser steps in total")
     p.add_argument("--bpd-images", type=non_negative_int, default=MAIN_BPD_IMAGES, help="held-out images for bpd")
@@ -331,7 +330,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("table", help="the paper's Table 1: SDEs x steps x samplers -> FID, P, R")
     add_common(p, "run directory (default: runs/table1_<dataset>); one sub-directory per SDE")
     add_data(p)
-    add_experiment(p, MAIN_SCHEDULE)
+    add_experiment(p)
     p.add_argument("--sdes", type=choice_list(SDE_NAMES), default=TABLE_SDES, help="default: vp,nivp")
     p.add_argument("--samplers", type=choice_list(SAMPLERS), default=TABLE_SAMPLERS, help="default: ddpm,dpm2m")
     p.add_argument("--steps", type=int_list, default=TABLE_STEPS, help="default: 1000,100,50,20,10")
@@ -417,6 +416,7 @@ def train_config(args: argparse.Namespace, workdir: pathlib.Path, steps: int, sd
         seed=args.seed,
         device=args.device,
         lr=args.lr,
+        warmup=args.warmup,
         ema_decay=args.ema_decay,
     )
 

@@ -34,17 +34,28 @@ SHAPE = (1, 8, 8)
 NFES = (10, 20, 50, 100, 1000)
 
 
-def problem(N: int = 1000) -> dict:
+def problem() -> dict:
     cov = GFFCovariance(SHAPE, power=1.0)
     gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(2024))
-    return {"gmm": gmm, "vp": NIVPSDE(cov=cov, N=N), "ve": NIVESDE(cov=cov, N=N), "cov": cov}
+    return {"gmm": gmm, "vp": NIVPSDE(cov=cov), "ve": NIVESDE(cov=cov), "cov": cov}
+
+
+def discretised(base: dict, family: str, N: int):
+    """The family's SDE with N discrete levels, or None where its discretisation does not exist (VP: beta_max < N)."""
+    if N == base[family].N:
+        return base[family]
+    try:
+        return NIVPSDE(cov=base["cov"], N=N) if family == "vp" else NIVESDE(cov=base["cov"], N=N)
+    except ValueError:
+        return None
 
 
 def configurations(nfe: int) -> list[tuple[str, str, dict, int]]:
     """(row label, SDE family, sample() arguments, SDE discretisation N) for a budget of `nfe` evaluations."""
     vp, ve = "vp", "ve"
     return [
-        ("ddpm", vp, {"method": "ddpm", "steps": nfe}, 1000),
+        ("ddpm (var = posterior beta~, default)", vp, {"method": "ddpm", "steps": nfe}, 1000),
+        ("ddpm (var = beta)", vp, {"method": "ddpm", "steps": nfe, "var": "beta"}, 1000),
         ("ddim (eta=0)", vp, {"method": "ddim", "steps": nfe}, 1000),
         ("dpm2m (defaults: logsnr grid, eps 1e-3)", vp, {"method": "dpm2m", "steps": nfe}, 1000),
         ("dpm2m (logsnr warp 0.65, eps 5e-3)", vp, {"method": "dpm2m", "steps": nfe, "warp": 0.65, "eps": 5e-3}, 1000),
@@ -66,7 +77,7 @@ def configurations(nfe: int) -> list[tuple[str, str, dict, int]]:
             {"method": "pc", "steps": nfe, "predictor": "reverse_diffusion"},
             nfe,
         ),
-        ("NI-VE cas (eta = max(0.5, 1-1/r))", ve, {"method": "cas", "steps": nfe}, 1000),
+        ("NI-VE cas (eta = max(0.062, 1-1/r+0.01))", ve, {"method": "cas", "steps": nfe}, 1000),
         (
             "NI-VE als (3 per level, eta 0.3, +denoise)",
             ve,
@@ -77,13 +88,17 @@ def configurations(nfe: int) -> list[tuple[str, str, dict, int]]:
 
 
 def cas_eps_step(sde, steps: int, eps: float = samplers.common.DEFAULT_EPS) -> float:
-    """eps_step giving eta = max(0.5, 1 - 1/r) + margin for CAS over `steps` levels (eta = eps_step / sigma_L^2)."""
+    """eps_step for CAS over `steps` levels: eta = max(0.062, 1 - 1/r + 0.01) (eta = eps_step / sigma_L^2).
+
+    0.062 is the default (NCSNv2's eps_step); fewer levels force eta >= 1 - 1/r, and a larger eta loses variance
+    on non-degenerate data (x0_hat is under-dispersed), so the smallest admissible eta is the better choice.
+    """
     sigma_last = float(sde.marginal_std(torch.tensor(eps, dtype=torch.float64)))
     ratio = (sde.sigma_max / sigma_last) ** (1 / (steps - 1))
-    return max(0.5, 1 - 1 / ratio + 1e-3) * sigma_last**2
+    return max(0.062, 1 - 1 / ratio + 0.01) * sigma_last**2
 
 
-def run_table(n: int, seed: int) -> None:
+def run_table(n: int, seed: int, rows: list[str] | None) -> None:
     base = problem()
     gmm = base["gmm"]
     null_mean, null_sd = gmm.fit_error_null(n, replicates=20)
@@ -91,10 +106,15 @@ def run_table(n: int, seed: int) -> None:
     results: dict[str, dict[int, tuple[float, int]]] = {}
     for nfe in NFES:
         for label, family, args, N in configurations(nfe):
+            if rows and not any(r in label for r in rows):
+                continue
             args = dict(args)
             if args.get("steps", 1) < 1:
                 continue
-            sde = base[family] if N == 1000 else problem(N)[family]
+            sde = discretised(base, family, N)
+            if sde is None:
+                print(f"{label:40s} NFE {nfe:5d}  n/a: no {family.upper()} discretisation with N = {N}", flush=True)
+                continue
             if args["method"] == "cas":
                 args["eps_step"] = cas_eps_step(sde, args["steps"])
             if args["method"] == "als":
@@ -123,6 +143,8 @@ def run_table(n: int, seed: int) -> None:
             else:
                 cells.append("-")
         print(f"| {label} | " + " | ".join(cells) + " |")
+    if rows:
+        return
     print()
     print("| ode dopri5 (adaptive, + denoise), rtol = atol | NFE | error |")
     print("|---|---|---|")
@@ -163,13 +185,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (small tensors: 1 is fastest)")
     parser.add_argument("--gaussian", action="store_true", help="measure the allowances of tests/test_samplers.py")
     parser.add_argument("--cases", nargs="*", help="with --gaussian: only these cases of ACCURACY_CASES")
+    parser.add_argument("--rows", nargs="*", help="table: only the rows whose label contains one of these")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
     if args.gaussian:
         gaussian_allowances(args.n, args.seed, args.cases)
     else:
-        run_table(args.n, args.seed)
+        run_table(args.n, args.seed, args.rows)
 
 
 if __name__ == "__main__":

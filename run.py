@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 import evaluation
 import samplers
-from sde_lib import SDE, SDE_NAMES, GFFCovariance, SpectralCovariance, make_sde
+from sde_lib import COLOURED_SDE_NAMES, SDE, SDE_NAMES, GFFCovariance, SpectralCovariance, make_sde
 from training import CheckpointError, TrainConfig, load_model, score_fn_for, train
 from training.config import LOSS_NAMES, NOISE_NAMES
 from training.data import ImageDataset, load_dataset
@@ -372,7 +372,7 @@ def run_name(args: argparse.Namespace) -> str:
     name = f"{args.dataset}_{args.sde}"
     if config_name(args) != DEFAULT_CONFIG[args.dataset]:
         name += f"_{config_name(args)}"
-    if args.sde in ("nivp", "nive"):
+    if args.sde in COLOURED_SDE_NAMES:
         if args.noise == "data":
             name += "_data"
         else:
@@ -543,7 +543,7 @@ def cmd_main(args: argparse.Namespace) -> int:
     metrics = {
         "dataset": "digits (scikit-learn load_digits, 8x8, 17 grey levels 0..16)",
         "sde": cfg.sde,
-        "noise": cfg.noise if cfg.sde in ("nivp", "nive") else "white (isotropic)",
+        "noise": cfg.noise if cfg.sde in COLOURED_SDE_NAMES else "white (isotropic)",
         "gff_power": cfg.gff_power,
         "model_config": cfg.model,
         "train_steps": result["step"],

@@ -33,7 +33,7 @@ from analytic import GaussianMixture  # noqa: E402
 
 import samplers  # noqa: E402
 from models import create_model  # noqa: E402
-from samplers.common import eps_function  # noqa: E402
+from samplers import ScoreModel  # noqa: E402
 from sde_lib import NIVPSDE, GFFCovariance  # noqa: E402
 
 SHAPE = (1, 8, 8)
@@ -108,7 +108,7 @@ def workloads(batch: int) -> list[tuple[str, object, object, torch.Tensor, objec
         p.requires_grad_(False)
         if p.dim() > 1 and not p.any():
             torch.nn.init.normal_(p, std=1e-3)
-    exact_eps = eps_function(sde, gmm.score_fn(sde))
+    exact_eps = ScoreModel(sde, gmm.score_fn(sde), "score").eps
     perturbed = samplers.score_fn_from_eps(sde, lambda y, t: exact_eps(y, t) + net(y, t))
     return [
         ("GMM exact score, 1x8x8, float64", sde, gmm.score_fn(sde), x, gmm.end_logp(sde)),

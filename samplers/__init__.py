@@ -4,7 +4,11 @@
                              device=None, dtype=None, **options)
     logp, z, nfe = samplers.log_likelihood(sde, score_fn, x, divergence="exact", ...)
     bpd, nfe = samplers.bits_per_dim(sde, score_fn, images_uint8, levels=256, dequantize=True, ...)
-    score_fn = samplers.score_fn_from_eps(sde, eps_model)
+    score_fn = samplers.score_fn_from_eps(sde, eps_model)        # or any score_fn(x, t), or a ScoreModel
+
+A trained network reaches the samplers as a `ScoreModel` (samplers.score_model: what it predicts, the noise scale
+it was trained at); `training.losses.score_fn_for(net, sde, loss)` builds one. Each sampler reads the model's eps at
+its own noise scale, exactly (no conversion where that is the network's own scale).
 
 Methods and their options (defaults in brackets; each module's docstring states its formulas):
 
@@ -12,12 +16,12 @@ Methods and their options (defaults in brackets; each module's docstring states 
   corrector in {langevin, ald, none} [none], snr [0.16], n_corrector [1], denoise [True], eps [1e-3]; all SDEs.
 * "ode" (samplers.ode): solver = any torchdiffeq method [dopri5], rtol [1e-5], atol [1e-5], eps [1e-3],
   denoise [True]; adaptive solvers take steps=None, fixed-grid ones need steps; all SDEs.
-* "ddpm" (samplers.discrete): var in {posterior, beta} [posterior]; NIVPSDE / VPSDE.
-* "ddim" (samplers.discrete): eta [0.0]; NIVPSDE / VPSDE.
+* "ddpm" (samplers.discrete): var in {posterior, beta} [posterior]; SDEs with a discrete DDPM chain (VP, NIVP).
+* "ddim" (samplers.discrete): eta [0.0]; SDEs with a discrete DDPM chain.
 * "als", "cas" (samplers.smld): eps_step [6.2e-6], n_steps_each (als only) [5], harmonic_mean [False],
-  denoise [True], eps [1e-3]; NIVESDE / VESDE.
+  denoise [True], eps [1e-3]; SDEs with NI-SMLD noise levels (VE, NI-VE).
 * "dpm2m" (samplers.dpm_solver): order in {1, 2} [2], schedule in {logsnr, time} [logsnr], warp [1.0],
-  eps [1e-3], denoise [True]; VP, subVP, NIVP, VE, NI-VE. steps defaults to 20.
+  eps [1e-3], denoise [True]; every SDE. steps defaults to 20.
 
 `steps` is the number of time steps (noise levels); it is the number of model evaluations except for correctors
 (n_corrector more per step), als (n_steps_each per level) and the final denoising evaluation of ode / als;
@@ -33,17 +37,18 @@ import inspect
 import torch
 from torch import Tensor
 
-from sde_lib import SDE
+from sde_lib import SDE, NotApplicableError
 
-from .common import EpsScoreFn, Run, ScoreFn, score_fn_from_eps, sde_family
+from .common import Run, ScoreFn
 from .discrete import sample_ddim, sample_ddpm
 from .dpm_solver import sample_dpm2m
 from .likelihood import bits_per_dim, log_likelihood
 from .ode import sample_ode
 from .pc import sample_pc
+from .score_model import ScoreModel, score_fn_from_eps
 from .smld import sample_als, sample_cas
 
-__all__ = ["METHODS", "sample", "log_likelihood", "bits_per_dim", "score_fn_from_eps", "EpsScoreFn"]
+__all__ = ["METHODS", "sample", "log_likelihood", "bits_per_dim", "score_fn_from_eps", "ScoreModel"]
 
 METHODS = {
     "pc": sample_pc,
@@ -79,7 +84,8 @@ def sample(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
-    sde_family(sde)
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a sde_lib SDE, got {type(sde).__name__}")
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")
     shape = tuple(shape)
@@ -94,5 +100,8 @@ def sample(
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for method {method!r}; it takes {list(allowed)}")
     run = Run(sde, score_fn, shape, generator, progress, device, dtype)
-    x = METHODS[method](run, steps, **options)
+    try:
+        x = METHODS[method](run, steps, **options)
+    except NotApplicableError as err:
+        raise ValueError(f"method {method!r} does not apply to {sde.name}: {err}") from None
     return x, run.nfe

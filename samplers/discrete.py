@@ -1,10 +1,10 @@
 """NI-DDPM ancestral sampling and NI-DDIM on the discrete schedule of a VP SDE (MATH.md 2).
 
-Discrete index and time: level i in {0, .., N-1} is DDPM's timestep i + 1 (`sde.schedule`, index i = t - 1), and the
-model is evaluated at the continuous time t_i = (i + 1) T / N, for which sde.discrete_index(t_i) = i exactly (the
-level sde.discretize uses there) and beta(t_i) ~ N beta_i (MATH.md 3). K < N steps use the evenly spaced levels
-tau_k = floor((k + 1) N / K) - 1, k = 0..K-1 (so tau_{K-1} = N - 1), with abar'_k = abar_{tau_k},
-abar'_{-1} = 1 and beta'_k = 1 - abar'_k / abar'_{k-1}.
+Discrete index and time: level i in {0, .., N-1} is DDPM's timestep i + 1 (`sde.discrete_alphas_cumprod()`,
+index i = t - 1), and the model is evaluated at the continuous time t_i = (i + 1) T / N, for which
+sde.discrete_index(t_i) = i exactly (the level sde.discretize uses there) and beta(t_i) ~ N beta_i (MATH.md 3).
+K < N steps use the evenly spaced levels tau_k = floor((k + 1) N / K) - 1, k = 0..K-1 (so tau_{K-1} = N - 1),
+with abar'_k = abar_{tau_k}, abar'_{-1} = 1 and beta'_k = 1 - abar'_k / abar'_{k-1}.
 
 Both samplers start from x_T ~ N(0, Sigma) and, with eps the model's white-noise prediction, take the steps
 (as one `ni_update` each; the step from level k to k - 1):
@@ -16,7 +16,9 @@ Both samplers start from x_T ~ N(0, Sigma) and, with eps the model's white-noise
               x0_hat = (x - sqrt(1 - abar'_k) Sigma^{1/2} eps) / sqrt(abar'_k),
               sigma = eta sqrt((1 - abar'_{k-1}) / (1 - abar'_k)) sqrt(1 - abar'_k / abar'_{k-1}).
 
-The last step (to abar = 1) returns x0_hat in both, so no separate denoising is needed.
+The last step (to abar = 1) returns x0_hat in both, so no separate denoising is needed. eps is the model's
+prediction at the chain's own noise scale sqrt(1 - abar_i) (`sde.discrete_marginal`): a network trained with the
+NI-DDPM loss is used as it is, any other model through its score (samplers.score_model).
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ import math
 import torch
 from torch import Tensor
 
-from .common import Run, require_family
+from .common import Run
 
 __all__ = ["timestep_subsequence", "level_time", "ddpm_coefficients", "ddim_coefficients", "sample_ddpm", "sample_ddim"]
 
 VARIANCES = ("posterior", "beta")
-_REASON = "NI-DDPM / NI-DDIM use the discrete DDPM schedule of NIVPSDE or VPSDE (for VE use als, cas, pc or dpm2m)"
 
 
 def timestep_subsequence(N: int, steps: int) -> Tensor:
@@ -64,37 +65,40 @@ def ddim_coefficients(abar: float, abar_prev: float, eta: float = 0.0) -> tuple[
     return c_x, c_eps, sigma
 
 
-def _levels(run: Run, steps: int | None, method: str) -> tuple[Tensor, Tensor]:
-    sde = run.sde
-    require_family(sde, method, ("vp",), _REASON)
-    levels = timestep_subsequence(sde.N, sde.N if steps is None else steps)
-    abar = sde.schedule.alphas_cumprod[levels]
-    return levels, torch.cat([abar.new_ones(1), abar[:-1]])
+def _levels(run: Run, steps: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(levels tau_k, abar_{tau_k}, abar_{tau_{k-1}} with abar_{tau_{-1}} = 1) of the SDE's NI-DDPM chain."""
+    abar_all = run.sde.discrete_alphas_cumprod()  # NotApplicableError without a discrete DDPM chain
+    levels = timestep_subsequence(run.sde.N, run.sde.N if steps is None else steps)
+    abar = abar_all[levels]
+    return levels, abar, torch.cat([abar.new_ones(1), abar[:-1]])
+
+
+def _sample(run: Run, steps: int | None, coefficients, name: str) -> Tensor:
+    """x_T ~ N(0, Sigma), then one ni_update per level with (c_x, c_eps, c_z) = coefficients(abar, abar_prev, k);
+    the model's eps is read at the chain's own scale sqrt(1 - abar_i) (`sde.discrete_marginal`)."""
+    levels, abar, abar_prev = _levels(run, steps)
+    x = run.prior()
+    for k in run.steps(reversed(range(len(levels))), len(levels), name):
+        t = level_time(run.sde, int(levels[k]))
+        c_x, c_eps, c_z = coefficients(float(abar[k]), float(abar_prev[k]), k)
+        x = run.update(x, run.eps(x, t, run.sde.discrete_marginal), c_x, c_eps, c_z, k, t)
+    return x
 
 
 def sample_ddpm(run: Run, steps: int | None, var: str = "posterior") -> Tensor:
     """NI-DDPM ancestral sampling over `steps` evenly spaced levels (default sde.N; module docstring)."""
     if var not in VARIANCES:
         raise ValueError(f"var must be one of {VARIANCES}, got {var!r}")
-    levels, abar_prev = _levels(run, steps, "ddpm")
-    abar = run.sde.schedule.alphas_cumprod[levels]
-    x = run.prior()
-    for k in run.steps(reversed(range(len(levels))), len(levels), "ddpm"):
-        t = level_time(run.sde, int(levels[k]))
-        c_x, c_eps, c_z = ddpm_coefficients(float(abar[k]), float(abar_prev[k]), var)
-        x = run.update(x, run.eps(x, t), c_x, c_eps, c_z if k > 0 else 0.0, k, t)
-    return x
+
+    def coefficients(abar: float, abar_prev: float, k: int) -> tuple[float, float, float]:
+        c_x, c_eps, c_z = ddpm_coefficients(abar, abar_prev, var)
+        return c_x, c_eps, c_z if k > 0 else 0.0
+
+    return _sample(run, steps, coefficients, "ddpm")
 
 
 def sample_ddim(run: Run, steps: int | None, eta: float = 0.0) -> Tensor:
     """NI-DDIM over `steps` evenly spaced levels (default sde.N); eta = 0 is deterministic (module docstring)."""
     if not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
         raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
-    levels, abar_prev = _levels(run, steps, "ddim")
-    abar = run.sde.schedule.alphas_cumprod[levels]
-    x = run.prior()
-    for k in run.steps(reversed(range(len(levels))), len(levels), "ddim"):
-        t = level_time(run.sde, int(levels[k]))
-        c_x, c_eps, c_z = ddim_coefficients(float(abar[k]), float(abar_prev[k]), eta)
-        x = run.update(x, run.eps(x, t), c_x, c_eps, c_z, k, t)
-    return x
+    return _sample(run, steps, lambda abar, abar_prev, k: ddim_coefficients(abar, abar_prev, eta), "ddim")

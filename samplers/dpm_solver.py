@@ -34,17 +34,11 @@ import math
 import torch
 from torch import Tensor
 
-from .common import DEFAULT_EPS, Run, check_eps, require_family
+from .common import DEFAULT_EPS, Run, check_eps
 
-__all__ = ["SCHEDULES", "log_snr", "solver_times", "exponential_step_weights", "sample_dpm2m"]
+__all__ = ["SCHEDULES", "solver_times", "exponential_step_weights", "sample_dpm2m"]
 
 SCHEDULES = ("logsnr", "time")
-
-
-def log_snr(sde, t: Tensor) -> Tensor:
-    """lambda(t) = log a(t) - log std(t) (half the log signal-to-noise ratio), float64."""
-    t = t.to(torch.float64)
-    return torch.log(sde.mean_coeff(t)) - torch.log(sde.marginal_std(t))
 
 
 def solver_times(sde, points: int, eps: float, schedule: str = "logsnr", warp: float = 1.0) -> Tensor:
@@ -60,13 +54,13 @@ def solver_times(sde, points: int, eps: float, schedule: str = "logsnr", warp: f
         return torch.tensor([sde.T], dtype=torch.float64)
     if schedule == "time":
         return torch.linspace(sde.T, eps, points, dtype=torch.float64)
-    ends = log_snr(sde, torch.tensor([sde.T, eps], dtype=torch.float64))
+    ends = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
     target = ends[0] + (ends[1] - ends[0]) * torch.linspace(0, 1, points, dtype=torch.float64) ** warp
     lo = torch.full_like(target, eps)
     hi = torch.full_like(target, sde.T)
     for _ in range(100):
         mid = (lo + hi) / 2
-        above = log_snr(sde, mid) > target  # lambda(mid) > target: the solution lies later than mid
+        above = sde.log_snr(mid) > target  # lambda(mid) > target: the solution lies later than mid
         lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
     times = (lo + hi) / 2
     times[0], times[-1] = sde.T, eps
@@ -105,7 +99,6 @@ def sample_dpm2m(
 ) -> Tensor:
     """DPM-Solver++(2M) (order=2) or DPM-Solver++(1) = DDIM (order=1) with `steps` model evaluations (default 20)."""
     sde = run.sde
-    require_family(sde, "dpm2m", ("vp", "subvp", "ve"), "it integrates the probability-flow ODE of a linear SDE")
     eps = check_eps(sde, eps)
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
@@ -113,7 +106,7 @@ def sample_dpm2m(
     times = solver_times(sde, steps if denoise else steps + 1, eps, schedule, warp)
     a = sde.mean_coeff(times).tolist()
     std = sde.marginal_std(times).tolist()
-    lam = log_snr(sde, times).tolist()
+    lam = sde.log_snr(times).tolist()
     if denoise:  # the final target: t = 0 with a = 1, std = 0, lambda = inf
         a, std, lam = a + [1.0], std + [0.0], lam + [float("inf")]
     x = run.prior()

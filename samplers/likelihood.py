@@ -24,8 +24,9 @@ from torchdiffeq import odeint
 from sde_lib import SDE, nats_to_bpd
 from sde_lib import dequantize as dequantize_pixels
 
-from .common import ScoreFn, check_eps, eps_function, probability_flow_drift, sde_family
+from .common import ScoreFn, check_eps, probability_flow_drift
 from .ode import ClampedTime, check_solver
+from .score_model import as_score_model
 
 __all__ = ["DIVERGENCES", "log_likelihood", "bits_per_dim"]
 
@@ -91,7 +92,8 @@ def log_likelihood(
 
     `prior_logp(z)` replaces sde.prior_logp (e.g. the exact end-point density). Works in float32 and float64.
     """
-    sde_family(sde)
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a sde_lib SDE, got {type(sde).__name__}")
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 4:
         raise ValueError(f"x must be a floating-point (B, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
     if divergence not in DIVERGENCES:
@@ -104,7 +106,7 @@ def log_likelihood(
     eps = check_eps(sde, eps)
     if sde.cov.is_singular:
         raise ValueError("log_likelihood needs a non-singular covariance (dc='zero' never noises the image mean)")
-    eps_fn = eps_function(sde, score_fn)
+    model = as_score_model(sde, score_fn)
     probe = _probe(x, divergence, generator)
 
     def dynamics(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -112,7 +114,7 @@ def log_likelihood(
         if not bool(torch.isfinite(xt).all()):
             raise FloatingPointError(f"likelihood ODE reached a non-finite state at t = {float(t):.6g}")
         tt = t.to(xt.dtype).expand(xt.shape[0])
-        return _drift_and_divergence(lambda y, u: probability_flow_drift(sde, eps_fn, y, u), xt, tt, probe)
+        return _drift_and_divergence(lambda y, u: probability_flow_drift(sde, model.eps, y, u), xt, tt, probe)
 
     func = ClampedTime(dynamics, eps, sde.T)
     grid = torch.tensor([eps, sde.T], dtype=torch.float64, device=x.device)

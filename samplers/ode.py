@@ -87,6 +87,5 @@ def sample_ode(
     x = run.check(x, "ode end", eps)
     if denoise:
         tt = run.time(eps)
-        a, std = sde.mean_coeff(tt), sde.marginal_std(tt)
-        x = run.update(x, run.eps(x, tt), 1 / a, -std / a, 0.0, "denoise", eps)
+        x = run.update(x, run.eps(x, tt), *sde.denoise_coefficients(tt), 0.0, "denoise", eps)
     return x

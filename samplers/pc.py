@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from .common import DEFAULT_EPS, Run, sde_family, time_grid
+from .common import DEFAULT_EPS, Run, time_grid
 
 __all__ = ["PREDICTORS", "CORRECTORS", "sample_pc"]
 
@@ -62,8 +62,6 @@ def sample_pc(
         raise ValueError(f"n_corrector must be an int >= 1, got {n_corrector!r}")
     if not isinstance(snr, (int, float)) or not snr > 0:
         raise ValueError(f"snr must be a positive number, got {snr!r}")
-    if predictor == "ancestral" and sde_family(sde) == "subvp":
-        raise ValueError("predictor 'ancestral' does not apply to SubVPSDE (no ancestral discretisation)")
     steps = sde.N if steps is None else steps
     times = time_grid(sde, steps, eps)
     if predictor in DISCRETE_PREDICTORS:
@@ -87,31 +85,19 @@ def sample_pc(
 
 
 def _predictor_step(run: Run, x: Tensor, t: float, dt: float, predictor: str, drop_noise: bool, step: int) -> Tensor:
+    """One reverse step from t by dt: Euler-Maruyama / reverse diffusion through the reverse SDE's coefficients
+    (drift f + c Sigma^{1/2} eps, diffusion G; `sde.reverse`), or the SDE's own ancestral step."""
     sde = run.sde
     tt = run.time(t)
-    std = sde.marginal_std(tt)
-    eps = run.eps(x, tt)
-    if predictor == "euler_maruyama":
-        f, g = sde.sde(x, tt)
-        x_lin, c_x, c_eps, c_z = x - f * dt, 1.0, -(g**2) * dt / std, g * math.sqrt(dt)
-    elif predictor == "reverse_diffusion":
-        f, G = sde.discretize(x, tt)
-        x_lin, c_x, c_eps, c_z = x - f, 1.0, -(G**2) / std, G
+    if predictor == "ancestral":
+        c_x, c_eps, c_z = sde.ancestral_coefficients(tt, sde.marginal_std(tt))
+        x_lin = x
     else:
-        x_lin, (c_x, c_eps, c_z) = x, _ancestral_coefficients(sde, tt, std)
-    return run.update(x_lin, eps, c_x, c_eps, 0.0 if drop_noise else c_z, step, t)
-
-
-def _ancestral_coefficients(sde, t: Tensor, std: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(c_x, c_eps, c_z) of score_sde_pytorch's ancestral step at discrete level i = sde.discrete_index(t)."""
-    i = sde.discrete_index(t).cpu()
-    if sde_family(sde) == "vp":
-        beta = sde.schedule.betas[i].to(std)
-        return 1 / torch.sqrt(1 - beta), -beta / (std * torch.sqrt(1 - beta)), torch.sqrt(beta)
-    sigma = sde.discrete_sigmas[i]
-    below = torch.where(i == 0, torch.zeros_like(sigma), sde.discrete_sigmas[(i - 1).clamp_min(0)])
-    gap = (sigma**2 - below**2).to(std)
-    return torch.ones_like(std), -gap / std, torch.sqrt(below.to(std) ** 2 * gap / sigma.to(std) ** 2)
+        discrete = predictor == "reverse_diffusion"
+        f, c, G = sde.reverse(run.model).coefficients(x, tt, discrete=discrete)
+        h = 1.0 if discrete else dt
+        x_lin, c_x, c_eps, c_z = x - f * h, 1.0, -c * h, G * math.sqrt(h)
+    return run.update(x_lin, run.eps(x, tt), c_x, c_eps, 0.0 if drop_noise else c_z, step, t)
 
 
 def _corrector_step(run: Run, x: Tensor, t: float, corrector: str, snr: float, drop_noise: bool, step: int) -> Tensor:
@@ -119,10 +105,7 @@ def _corrector_step(run: Run, x: Tensor, t: float, corrector: str, snr: float, d
     tt = run.time(t)
     std = sde.marginal_std(tt)
     eps = run.eps(x, tt)
-    if sde_family(sde) == "ve":
-        alpha = torch.ones_like(std)
-    else:
-        alpha = sde.schedule.alphas[sde.discrete_index(tt).cpu()].to(std)
+    alpha = sde.langevin_alpha(tt)
     if corrector == "langevin":
         D = math.prod(x.shape[1:])
         eps_norm = eps.flatten(1).norm(dim=1)

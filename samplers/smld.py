@@ -15,7 +15,7 @@ score the white-noise prediction at level i (so sigma_i^2 Sigma s = -sigma_i Sig
   and at the last level no noise, with eta = 1 when denoise=True (Tweedie: x + sigma_L^2 Sigma s(x, sigma_L)).
 
 denoise=True ends ALS with x <- x + sigma_L^2 Sigma s(x, sigma_L) (one more evaluation). harmonic_mean=True applies the
-correction s <- (sigma_H / sigma) s of MATH.md 4 (E.11), sigma_H the harmonic mean of sde.discrete_sigmas (the
+correction s <- (sigma_H / sigma) s of MATH.md 4 (E.11), sigma_H the harmonic mean of sde.smld_sigmas() (the
 training levels); it is meant for unconditional (NCSN-style) models only.
 
 Defaults: eps_step = 6.2e-6 and n_steps_each = 5 are NCSNv2's CIFAR-10 values (sigma_L = 0.01, so eta ~ 0.06); CAS
@@ -31,21 +31,19 @@ from torch import Tensor
 
 from sde_lib import cas_noise_scale
 
-from .common import DEFAULT_EPS, Run, require_family, time_grid
+from .common import DEFAULT_EPS, Run, time_grid
 
 __all__ = ["sample_als", "sample_cas", "noise_levels"]
 
-_REASON = "annealed Langevin / consistent annealed sampling need the VE family (NIVESDE or VESDE)"
 
-
-def noise_levels(run: Run, method: str, steps: int | None, eps: float, harmonic_mean: bool) -> tuple:
+def noise_levels(run: Run, steps: int | None, eps: float, harmonic_mean: bool) -> tuple:
     """(times, sigmas, eps-scale per level) for ALS / CAS; the scale is sigma_H / sigma_i with harmonic_mean."""
     sde = run.sde
-    require_family(sde, method, ("ve",), _REASON)
+    training_sigmas = sde.smld_sigmas()  # NotApplicableError outside the VE family
     times = time_grid(sde, sde.N if steps is None else steps, eps)
     sigmas = sde.marginal_std(times)
     if harmonic_mean:
-        sigma_h = 1 / (1 / sde.discrete_sigmas).mean()
+        sigma_h = 1 / (1 / training_sigmas).mean()
         scale = sigma_h / sigmas
     else:
         scale = torch.ones_like(sigmas)
@@ -71,7 +69,7 @@ def sample_als(
     eps_step = _check_positive("eps_step", eps_step)
     if isinstance(n_steps_each, bool) or not isinstance(n_steps_each, int) or n_steps_each < 1:
         raise ValueError(f"n_steps_each must be an int >= 1, got {n_steps_each!r}")
-    times, sigmas, scale = noise_levels(run, "als", steps, eps, harmonic_mean)
+    times, sigmas, scale = noise_levels(run, steps, eps, harmonic_mean)
     sigma_last = float(sigmas[-1])
     x = run.prior()
     for i in run.steps(range(len(times)), len(times), "als"):
@@ -79,9 +77,10 @@ def sample_als(
         alpha = eps_step * sigma**2 / sigma_last**2
         for _ in range(n_steps_each):
             x = run.update(x, run.eps(x, t), 1.0, -alpha / sigma * float(scale[i]), math.sqrt(2 * alpha), i, t)
-    if denoise:  # x + sigma_L^2 Sigma s(x, sigma_L) = x - sigma_L Sigma^{1/2} eps
-        t = float(times[-1])
-        x = run.update(x, run.eps(x, t), 1.0, -sigma_last * float(scale[-1]), 0.0, "denoise", t)
+    if denoise:  # Tweedie: x + sigma_L^2 Sigma s(x, sigma_L) = x - sigma_L Sigma^{1/2} eps
+        t = run.time(float(times[-1]))
+        c_x, c_eps = run.sde.denoise_coefficients(t)
+        x = run.update(x, run.eps(x, t), c_x, c_eps * float(scale[-1]), 0.0, "denoise", t)
     return x
 
 
@@ -95,7 +94,7 @@ def sample_cas(
 ) -> Tensor:
     """Consistent annealed sampling over `steps` >= 2 noise levels (default sde.N), one update per level."""
     eps_step = _check_positive("eps_step", eps_step)
-    times, sigmas, scale = noise_levels(run, "cas", steps, eps, harmonic_mean)
+    times, sigmas, scale = noise_levels(run, steps, eps, harmonic_mean)
     if len(times) < 2:
         raise ValueError("cas needs steps >= 2 noise levels (its noise scale uses the ratio sigma_i / sigma_(i+1))")
     sigma_last = float(sigmas[-1])
@@ -105,8 +104,10 @@ def sample_cas(
     x = run.prior()
     for i in run.steps(range(len(times)), len(times), "cas"):
         t, sigma = float(times[i]), float(sigmas[i])
-        last = i + 1 == len(times)
-        step = 1.0 if last and denoise else eta
-        c_z = 0.0 if last else beta * float(sigmas[i + 1])
-        x = run.update(x, run.eps(x, t), 1.0, -step * sigma * float(scale[i]), c_z, i, t)
+        if i + 1 == len(times) and denoise:  # Tweedie at the last level: x + sigma_L^2 Sigma s
+            c_x, c_eps = run.sde.denoise_coefficients(run.time(t))
+            x = run.update(x, run.eps(x, t), c_x, c_eps * float(scale[i]), 0.0, i, t)
+            break
+        c_z = 0.0 if i + 1 == len(times) else beta * float(sigmas[i + 1])
+        x = run.update(x, run.eps(x, t), 1.0, -eta * sigma * float(scale[i]), c_z, i, t)
     return x

@@ -1,10 +1,11 @@
 """The mathematical core of nidiff: noise covariances and SDEs (MATH.md 1-4)."""
 
 from .covariance import Covariance, GFFCovariance, IdentityCovariance, SpectralCovariance, frequency_norm
-from .factory import SDE_NAMES, make_sde
+from .factory import COLOURED_SDE_NAMES, SDE_NAMES, make_sde
+from .prediction import PREDICTIONS, eps_from_prediction, tweedie_coefficients
 from .quantization import dequantize, nats_to_bpd
 from .schedules import DDPMSchedule, cas_noise_scale, ddpm_schedule, geometric_sigmas
-from .sde import NIVESDE, NIVPSDE, SDE, VESDE, VPSDE, ReverseSDE, SubVPSDE
+from .sde import NIVESDE, NIVPSDE, SDE, VESDE, VPSDE, NotApplicableError, ReverseSDE, SubVPSDE
 
 __all__ = [
     "Covariance",
@@ -14,6 +15,10 @@ __all__ = [
     "frequency_norm",
     "SDE",
     "ReverseSDE",
+    "NotApplicableError",
+    "PREDICTIONS",
+    "eps_from_prediction",
+    "tweedie_coefficients",
     "NIVPSDE",
     "VPSDE",
     "SubVPSDE",
@@ -24,6 +29,7 @@ __all__ = [
     "geometric_sigmas",
     "cas_noise_scale",
     "SDE_NAMES",
+    "COLOURED_SDE_NAMES",
     "make_sde",
     "dequantize",
     "nats_to_bpd",

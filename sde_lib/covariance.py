@@ -113,6 +113,25 @@ class Covariance:
         """lambda per Fourier bin, shape (C, H, W), float64, mean 1 per channel."""
         raise NotImplementedError
 
+    # ---- the eigenbasis --------------------------------------------------------------------
+    def to_basis(self, x: Tensor) -> Tensor:
+        """Coefficients of x (..., C, H, W) in an orthonormal real eigenbasis of Sigma, same shape (MATH.md 1.3).
+
+        Coefficient (c, u, v) has eigenvalue `basis_eigenvalues()[c, u, v]`. Spectral covariances use the 2-D
+        Hartley transform Hx = Re(F x) - Im(F x), F the unitary 2-D DFT; it is its own inverse.
+        """
+        x = self._check_input(x)
+        f = torch.fft.fft2(x if x.dtype in (torch.float32, torch.float64) else x.float(), norm="ortho")
+        return (f.real - f.imag).to(x.dtype)
+
+    def from_basis(self, y: Tensor) -> Tensor:
+        """The image whose `to_basis` coefficients are y (the inverse, here the same, orthonormal map)."""
+        return self.to_basis(y)
+
+    def basis_eigenvalues(self, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+        """The eigenvalue of each `to_basis` coefficient, broadcastable against (B, C, H, W)."""
+        return self.eigenvalues().to(device=device, dtype=dtype)
+
     # ---- helpers -------------------------------------------------------------------------
     @property
     def is_singular(self) -> bool:
@@ -169,6 +188,13 @@ class IdentityCovariance(Covariance):
 
     def quad_inv(self, x: Tensor) -> Tensor:
         return self._check_input(x).square().sum(dim=(-3, -2, -1))
+
+    def to_basis(self, x: Tensor) -> Tensor:
+        """Every orthonormal basis diagonalises Sigma = I: the pixel basis, with no transform."""
+        return self._check_input(x)
+
+    def basis_eigenvalues(self, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+        return torch.ones((), dtype=dtype, device=device)
 
 
 class SpectralCovariance(Covariance):

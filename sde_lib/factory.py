@@ -5,9 +5,10 @@ from __future__ import annotations
 from .covariance import Covariance, GFFCovariance, IdentityCovariance
 from .sde import NIVESDE, NIVPSDE, SDE, SubVPSDE
 
-__all__ = ["SDE_NAMES", "make_sde"]
+__all__ = ["SDE_NAMES", "COLOURED_SDE_NAMES", "make_sde"]
 
 SDE_NAMES = ("vp", "subvp", "ve", "nivp", "nive")
+COLOURED_SDE_NAMES = ("nivp", "nive")  # the names whose covariance is chosen (GFF, data-matched); the rest are white
 
 
 def make_sde(
@@ -29,7 +30,7 @@ def make_sde(
     """
     if name not in SDE_NAMES:
         raise ValueError(f"unknown SDE {name!r}; choose one of {', '.join(SDE_NAMES)}")
-    if name in ("vp", "subvp", "ve"):
+    if name not in COLOURED_SDE_NAMES:
         if cov is not None:
             raise ValueError(f"SDE {name!r} is isotropic; use {'ni' + name.removeprefix('sub')!r} for a covariance")
         cov = IdentityCovariance(shape)

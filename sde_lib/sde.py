@@ -18,11 +18,16 @@ import torch
 from torch import Tensor
 
 from .covariance import Covariance, IdentityCovariance
+from .prediction import tweedie_coefficients
 from .schedules import ddpm_schedule, geometric_sigmas
 
-__all__ = ["SDE", "ReverseSDE", "NIVPSDE", "VPSDE", "SubVPSDE", "NIVESDE", "VESDE", "ScoreFn"]
+__all__ = ["SDE", "ReverseSDE", "NIVPSDE", "VPSDE", "SubVPSDE", "NIVESDE", "VESDE", "ScoreFn", "NotApplicableError"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class NotApplicableError(ValueError):
+    """An SDE has no such structure (e.g. no discrete DDPM chain): the method asking for it does not apply."""
 
 
 def _bc(v: Tensor) -> Tensor:
@@ -76,14 +81,77 @@ class SDE(ABC):
         t = _batch_t(t, x)
         return _bc(self.mean_coeff(t)) * x, self.marginal_std(t)
 
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(a(t), std(t)): the signal and noise scales of x_t = a x_0 + std Sigma^{1/2} eps, each (B,)."""
+        return self.mean_coeff(t), self.marginal_std(t)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """lambda(t) = log a(t) - log std(t), half the log signal-to-noise ratio, float64 (MATH.md 3, 4)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return torch.log(self.mean_coeff(t)) - torch.log(self.marginal_std(t))
+
+    def denoise_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(c_x, c_eps): Tweedie's E[x_0 | x_t] = c_x x_t + c_eps Sigma^{1/2} eps, eps at std(t) (MATH.md 2, 4)."""
+        return tweedie_coefficients(*self.marginal(t))
+
+    def spectral_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(a, s) per coefficient of `to_spectral`: a = a(t), s = std(t) sqrt(lambda_k), broadcastable to x."""
+        a, std = self.marginal(t)
+        lam = self.cov.basis_eigenvalues(std.dtype, std.device)
+        return _bc(a), _bc(std) * lam.sqrt()
+
+    def to_spectral(self, x: Tensor) -> Tensor:
+        """x in the orthonormal basis in which the forward process is diagonal (the covariance's eigenbasis)."""
+        return self.cov.to_basis(x)
+
+    def from_spectral(self, y: Tensor) -> Tensor:
+        """The inverse of `to_spectral`."""
+        return self.cov.from_basis(y)
+
+    # ---- what only some SDEs have: each raises NotApplicableError unless the SDE defines it ----------------
+    def discrete_alphas_cumprod(self) -> Tensor:
+        """abar_i, i = 0..N-1, of the NI-DDPM chain this SDE discretises to (NI-DDPM / NI-DDIM, loss 'ddpm')."""
+        raise NotApplicableError(f"{self.name} has no discrete DDPM chain (that needs a VP-family SDE: NIVPSDE/VPSDE)")
+
+    def discrete_marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(sqrt(abar_i), sqrt(1 - abar_i)) at level i = discrete_index(t): the NI-DDPM chain's scales (MATH.md 2)."""
+        abar = self.discrete_alphas_cumprod()
+        return self._level(abar.sqrt(), t), self._level((1.0 - abar).sqrt(), t)
+
+    def smld_sigmas(self) -> Tensor:
+        """The NI-SMLD noise levels sigma_0 < .. < sigma_{N-1} (annealed Langevin, CAS, loss 'ncsn'; MATH.md 4)."""
+        raise NotApplicableError(f"{self.name} has no NI-SMLD noise levels (that needs a VE-family SDE: NIVESDE/VESDE)")
+
+    def ancestral_coefficients(self, t: Tensor, std: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(c_x, c_eps, c_z) of score_sde_pytorch's ancestral step at level discrete_index(t), eps at scale std."""
+        raise NotApplicableError(f"{self.name} has no ancestral discretisation")
+
+    def langevin_alpha(self, t: Tensor) -> Tensor:
+        """alpha of the Langevin corrector's step size 2 alpha (snr ...)^2 (MATH.md 4): 1 unless the SDE says."""
+        return torch.ones_like(t)
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
     def prior_sampling(
-        self, shape: tuple[int, ...], generator: torch.Generator | None = None, device=None, dtype=None
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        device=None,
+        dtype=None,
+        *,
+        noise: Tensor | None = None,
     ) -> Tensor:
-        """z ~ N(0, c^2 Sigma) of the given (B, C, H, W) shape."""
-        if device is None and generator is not None:
-            device = generator.device
-        eps = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-        return self.prior_scale * self.cov.sqrt_mul(eps)
+        """z = c Sigma^{1/2} w ~ N(0, c^2 Sigma) of the given (B, C, H, W) shape; w ~ N(0, I) drawn from
+        `generator`, or the given white `noise` (the samplers pass counter-based noise, see kernels.noise)."""
+        if noise is None:
+            if device is None and generator is not None:
+                device = generator.device
+            noise = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        elif tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
+        return self.prior_scale * self.cov.sqrt_mul(noise)
 
     def prior_logp(self, z: Tensor) -> Tensor:
         """log N(z; 0, c^2 Sigma) per sample = -D/2 log(2 pi c^2) - 1/2 log det Sigma - z^T Sigma^-1 z / (2 c^2)."""
@@ -95,6 +163,10 @@ class SDE(ABC):
     def discrete_index(self, t: Tensor) -> Tensor:
         """Step index i = (t (N - 1) / T).long() of continuous time t, as score_sde_pytorch."""
         return (t * (self.N - 1) / self.T).long()
+
+    def _level(self, values: Tensor, t: Tensor) -> Tensor:
+        """values[discrete_index(t)] (values per discrete level, float64) in t's dtype and device."""
+        return values[self.discrete_index(t.detach()).cpu()].to(device=t.device, dtype=t.dtype)
 
     def discrete_time(self, i: Tensor | int) -> Tensor:
         """Continuous time t_i = (i + 1) T / N of discrete level i in {0..N-1} (float64).
@@ -111,32 +183,22 @@ class SDE(ABC):
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
+    def reverse(self, score_fn: ScoreFn | None, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (or probability-flow ODE) driven by score_fn(x, t) (MATH.md 3)."""
         return ReverseSDE(self, score_fn, probability_flow)
 
-    def score_to_eps(self, score: Tensor, t: Tensor) -> Tensor:
-        """eps = -std(t) Sigma^{1/2} score: the white-noise prediction that matches a score (MATH.md 2)."""
-        return -_bc(self.marginal_std(_batch_t(t, score))) * self.cov.sqrt_mul(score)
-
-    def eps_to_score(self, eps: Tensor, t: Tensor) -> Tensor:
-        """score = -Sigma^{-1/2} eps / std(t) (MATH.md 2, 3)."""
-        return -self.cov.inv_sqrt_mul(eps) / _bc(self.marginal_std(_batch_t(t, eps)))
-
-    def denoise(self, x: Tensor, score: Tensor, t: Tensor) -> Tensor:
-        """Tweedie: E[x_0 | x_t] = (x_t + std(t)^2 Sigma score) / a(t) (MATH.md 2, 4)."""
-        t = _batch_t(t, x)
-        return (x + _bc(self.marginal_std(t) ** 2) * self.cov.mul(score)) / _bc(self.mean_coeff(t))
-
 
 class ReverseSDE:
-    """Reverse-time SDE dx = [f - g^2 Sigma s] dt + g Sigma^{1/2} dw_bar, integrated from T down to 0.
+    """Reverse-time SDE dx = [f - g^2 Sigma s] dt + g Sigma^{1/2} dw_bar, integrated from T down to 0 (MATH.md 3).
 
-    With probability_flow=True it is the ODE dx = [f - g^2 Sigma s / 2] dt with zero diffusion (MATH.md 3).
-    `sde` and `discretize` return (drift, diffusion) with score_sde_pytorch's sign convention.
+    With probability_flow=True it is the ODE dx = [f - g^2 Sigma s / 2] dt with zero diffusion. Written with the
+    white-noise prediction eps = -std(t) Sigma^{1/2} s, the drift is f + (w g^2 / std) Sigma^{1/2} eps (w = 1, or
+    1/2 for the ODE): `coefficients` gives (f, w g^2 / std, g), which the samplers apply in one fused update, and
+    `sde` / `discretize` give score_sde_pytorch's (drift, diffusion) from score_fn (None when only the
+    coefficients are used).
     """
 
-    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False):
+    def __init__(self, forward: SDE, score_fn: ScoreFn | None, probability_flow: bool = False):
         self.forward = forward
         self.score_fn = score_fn
         self.probability_flow = bool(probability_flow)
@@ -153,18 +215,27 @@ class ReverseSDE:
     def cov(self) -> Covariance:
         return self.forward.cov
 
-    def _reverse(self, x: Tensor, t: Tensor, f: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
+    def coefficients(self, x: Tensor, t: Tensor, discrete: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """(f, c_eps, G): reverse drift f + Sigma^{1/2} (c_eps eps) with eps at std(t), and diffusion G.
+
+        discrete=False: f, G = forward.sde (per unit time); True: f, G = forward.discretize (one step).
+        """
+        t = _batch_t(t, x)
+        f, G = (self.forward.discretize if discrete else self.forward.sde)(x, t)
         weight = 0.5 if self.probability_flow else 1.0
-        rev_f = f - _bc(G**2 * weight) * self.cov.mul(self.score_fn(x, t))
-        return rev_f, torch.zeros_like(G) if self.probability_flow else G
+        c_eps = weight * G**2 / self.forward.marginal_std(t)
+        return f, c_eps, torch.zeros_like(G) if self.probability_flow else G
+
+    def _drift(self, x: Tensor, t: Tensor, discrete: bool) -> tuple[Tensor, Tensor]:
+        f, c_eps, G = self.coefficients(x, t, discrete)
+        std = self.forward.marginal_std(_batch_t(t, x))  # Sigma^{1/2} (c_eps eps) = -c_eps std Sigma s
+        return f - _bc(c_eps * std) * self.cov.mul(self.score_fn(x, _batch_t(t, x))), G
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        t = _batch_t(t, x)
-        return self._reverse(x, t, *self.forward.sde(x, t))
+        return self._drift(x, t, discrete=False)
 
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        t = _batch_t(t, x)
-        return self._reverse(x, t, *self.forward.discretize(x, t))
+        return self._drift(x, t, discrete=True)
 
 
 class NIVPSDE(SDE):
@@ -204,9 +275,21 @@ class NIVPSDE(SDE):
 
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """DDPM step: f = (sqrt(alpha_i) - 1) x, G = sqrt(beta_i), i = discrete_index(t) (MATH.md 2)."""
-        i = self.discrete_index(_batch_t(t, x)).cpu()
-        beta = self.schedule.betas[i].to(x)
+        beta = self._level(self.schedule.betas, _batch_t(t, x))
         return _bc(torch.sqrt(1.0 - beta) - 1.0) * x, torch.sqrt(beta)
+
+    def discrete_alphas_cumprod(self) -> Tensor:
+        return self.schedule.alphas_cumprod
+
+    def ancestral_coefficients(self, t: Tensor, std: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x <- (x + beta_i Sigma s) / sqrt(1 - beta_i) + sqrt(beta_i) Sigma^{1/2} z, Sigma s = -Sigma^{1/2} eps / std
+        (score_sde_pytorch's ancestral VP step)."""
+        beta = self._level(self.schedule.betas, t).to(std)
+        return 1 / torch.sqrt(1 - beta), -beta / (std * torch.sqrt(1 - beta)), torch.sqrt(beta)
+
+    def langevin_alpha(self, t: Tensor) -> Tensor:
+        """alpha_i = 1 - beta_i at level discrete_index(t), as score_sde_pytorch's VP corrector."""
+        return self._level(self.schedule.alphas, t)
 
 
 class VPSDE(NIVPSDE):
@@ -246,6 +329,12 @@ class SubVPSDE(NIVPSDE):
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         return SDE.discretize(self, x, t)
 
+    def discrete_alphas_cumprod(self) -> Tensor:
+        return SDE.discrete_alphas_cumprod(self)
+
+    def ancestral_coefficients(self, t: Tensor, std: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return SDE.ancestral_coefficients(self, t, std)
+
 
 class NIVESDE(SDE):
     """Non-isotropic variance-exploding SDE (MATH.md 4):
@@ -282,12 +371,25 @@ class NIVESDE(SDE):
     def marginal_std(self, t: Tensor) -> Tensor:
         return self.sigma(t)
 
+    def _adjacent_sigmas(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(sigma_i, sigma_{i-1}) at i = discrete_index(t), sigma_{-1} = 0, in t's dtype and device."""
+        below = torch.cat([self.discrete_sigmas.new_zeros(1), self.discrete_sigmas[:-1]])
+        return self._level(self.discrete_sigmas, t), self._level(below, t)
+
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """SMLD step: f = 0, G = sqrt(sigma_i^2 - sigma_{i-1}^2) (sigma_{-1} = 0), i = discrete_index(t) (MATH.md 4)."""
-        i = self.discrete_index(_batch_t(t, x)).cpu()
-        sigma = self.discrete_sigmas[i]
-        adjacent = torch.where(i == 0, torch.zeros_like(sigma), self.discrete_sigmas[(i - 1).clamp_min(0)])
-        return torch.zeros_like(x), torch.sqrt(sigma**2 - adjacent**2).to(x)
+        sigma, below = self._adjacent_sigmas(_batch_t(t, x))
+        return torch.zeros_like(x), torch.sqrt(sigma**2 - below**2)
+
+    def smld_sigmas(self) -> Tensor:
+        return self.discrete_sigmas
+
+    def ancestral_coefficients(self, t: Tensor, std: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x <- x + (sigma_i^2 - sigma_{i-1}^2) Sigma s + sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2)
+        Sigma^{1/2} z, with Sigma s = -Sigma^{1/2} eps / std."""
+        sigma, below = (v.to(std) for v in self._adjacent_sigmas(t))
+        gap = sigma**2 - below**2
+        return torch.ones_like(std), -gap / std, torch.sqrt(below**2 * gap / sigma**2)
 
 
 class VESDE(NIVESDE):

@@ -24,7 +24,7 @@ from analytic import GaussianMixture, moment_statistics
 
 import kernels
 import samplers
-from samplers.common import EpsScoreFn
+from samplers import ScoreModel
 from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, SubVPSDE
 
 SHAPE = (1, 8, 8)
@@ -224,22 +224,22 @@ def test_dtype_defaults_to_torch_default_and_progress_is_off_by_default(problem,
 
 
 def test_score_fn_from_eps(problem):
-    """score = -Sigma^{-1/2} eps / std (kernels.score_scale); samplers use eps directly, with the same result."""
+    """score = -Sigma^{-1/2} eps / std (kernels.score_scale); samplers at the marginal std use eps directly, with the
+    same result as the exact score."""
     data, sdes = problem
     sde = sdes["nivp"]
     score = data.score_fn(sde)
-
-    def eps_model(x, t):
-        return sde.score_to_eps(score(x, t), t)
+    eps_model = ScoreModel(sde, score, "score").eps  # eps = -std(t) Sigma^{1/2} score
 
     wrapped = samplers.score_fn_from_eps(sde, eps_model)
-    assert isinstance(wrapped, EpsScoreFn)
+    assert isinstance(wrapped, ScoreModel) and wrapped.prediction == "eps"
     x = torch.randn(5, *SHAPE, dtype=F64)
     t = torch.full((5,), 0.3, dtype=F64)
-    torch.testing.assert_close(wrapped(x, t), sde.eps_to_score(eps_model(x, t), t), rtol=1e-12, atol=1e-12)
+    std = sde.marginal_std(t)[:, None, None, None]
+    torch.testing.assert_close(wrapped(x, t), -sde.cov.inv_sqrt_mul(eps_model(x, t)) / std, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(wrapped(x, t), score(x, t), rtol=1e-10, atol=1e-10)
-    a, _ = draw(sde, wrapped, 6, method="ddpm", steps=20)
-    b, _ = draw(sde, score, 6, method="ddpm", steps=20)
+    a, _ = draw(sde, wrapped, 6, method="dpm2m", steps=20)
+    b, _ = draw(sde, score, 6, method="dpm2m", steps=20)
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 

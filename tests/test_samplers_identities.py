@@ -18,9 +18,10 @@ from analytic import GaussianMixture
 
 import kernels
 import samplers
+from samplers import ScoreModel
 from samplers.common import time_grid
 from samplers.discrete import ddim_coefficients, ddpm_coefficients, level_time, timestep_subsequence
-from samplers.dpm_solver import exponential_step_weights, log_snr, solver_times
+from samplers.dpm_solver import exponential_step_weights, solver_times
 from sde_lib import NIVESDE, NIVPSDE, GFFCovariance, cas_noise_scale
 
 SHAPE = (1, 8, 8)
@@ -109,7 +110,7 @@ def test_denoising_step_is_gaussian_conditioning(cov, sde_name):
     m, S = data.means[0], data.covs[0]
     C = a**2 * S + std**2 * cov.dense(F64)
     p_t = GaussianMixture(data.weights, a * data.means, C[None], SHAPE)
-    eps = sde.score_to_eps(p_t.score(x), t)
+    eps = ScoreModel(sde, lambda y, u: p_t.score(y), "score").eps(x, t)
     x0 = kernels.ni_update(x, eps, 1 / a, -std / a, 0.0, cov, None)
     expected = m + (flat(x) - a * m) @ torch.linalg.solve(C, a * S)  # m + a S C^-1 (x - a m), C symmetric
     torch.testing.assert_close(flat(x0), expected, rtol=0, atol=1e-11)
@@ -123,7 +124,7 @@ def test_first_order_exponential_step_is_ddim(cov):
     eps = torch.randn(2, *SHAPE, generator=g, dtype=F64)
     for s, t in ((0.9, 0.5), (0.3, 0.05), (0.05, 0.001)):
         ts = torch.tensor([s, t], dtype=F64)
-        a, std, lam = sde.mean_coeff(ts).tolist(), sde.marginal_std(ts).tolist(), log_snr(sde, ts).tolist()
+        a, std, lam = sde.mean_coeff(ts).tolist(), sde.marginal_std(ts).tolist(), sde.log_snr(ts).tolist()
         u, v = exponential_step_weights(a[:1], std[:1], lam[:1], a[1], std[1], lam[1], order=1)
         c_x, c_eps, _ = ddim_coefficients(a[0] ** 2, a[1] ** 2, 0.0)
         assert math.isclose(u[0], c_x, rel_tol=1e-12) and math.isclose(v[0], c_eps, rel_tol=1e-10, abs_tol=1e-14)
@@ -135,7 +136,7 @@ def test_first_order_exponential_step_is_ddim(cov):
         )
     ve = NIVESDE(cov=cov)
     ts = torch.tensor([0.8, 0.2], dtype=F64)
-    a, std, lam = ve.mean_coeff(ts).tolist(), ve.marginal_std(ts).tolist(), log_snr(ve, ts).tolist()
+    a, std, lam = ve.mean_coeff(ts).tolist(), ve.marginal_std(ts).tolist(), ve.log_snr(ts).tolist()
     u, v = exponential_step_weights(a[:1], std[:1], lam[:1], a[1], std[1], lam[1], order=1)
     assert math.isclose(u[0], 1.0, rel_tol=1e-12) and math.isclose(v[0], std[1] - std[0], rel_tol=1e-12)
 
@@ -155,7 +156,7 @@ def test_dpm_solver_order_one_run_is_a_ddim_run(cov):
     for k in range(8):
         t = torch.full((6,), float(times[k]), dtype=F64)
         c_x, c_eps, _ = ddim_coefficients(abar[k], abar[k + 1], 0.0)
-        x = kernels.ni_update(x, sde.score_to_eps(score(x, t), t), c_x, c_eps, 0.0, cov, None)
+        x = kernels.ni_update(x, ScoreModel(sde, score, "score").eps(x, t), c_x, c_eps, 0.0, cov, None)
     torch.testing.assert_close(out, x, rtol=0, atol=1e-10)
 
 

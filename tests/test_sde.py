@@ -17,6 +17,7 @@ import scipy.stats
 import torch
 from gaussian_data import GaussianData, covariance_zscores, single_intraop_thread
 
+from samplers import ScoreModel
 from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, IdentityCovariance, SubVPSDE
 
 _single_thread = pytest.fixture(autouse=True, scope="module")(single_intraop_thread)
@@ -376,33 +377,46 @@ def test_reverse_dynamics_transport_the_marginals(name, probability_flow):
 
 @pytest.mark.parametrize("name", CASES)
 def test_score_eps_conversion(name):
-    """eps = -std Sigma^{1/2} s and s = -Sigma^{-1/2} eps / std (dense sqrtm), inverse to each other."""
+    """eps = -std Sigma^{1/2} s and s = -Sigma^{-1/2} eps / std (dense sqrtm), inverse to each other, through the
+    seam a network reaches the samplers by (samplers.ScoreModel with a "score" and an "eps" network)."""
     sde, cf = make_case(name, GAUSS_SHAPE, power=1.3)
     t = 0.42
     gen = torch.Generator().manual_seed(7)
-    s, e = torch.randn((2, 4, *GAUSS_SHAPE), generator=gen, dtype=torch.float64)
+    x, s, e = torch.randn((3, 4, *GAUSS_SHAPE), generator=gen, dtype=torch.float64)
     half = sqrtm_dense(sde.cov.dense())
     std = math.sqrt(cf.var(t))
-    eps = sde.score_to_eps(s, batch_t(t, 4))
+    tt = batch_t(t, 4)
+    np.testing.assert_allclose(sde.marginal_std(tt).numpy(), std, rtol=1e-12)
+
+    def score_to_eps(score):
+        return ScoreModel(sde, lambda y, u: score, "score").eps(x, tt)
+
+    def eps_to_score(eps):
+        return ScoreModel(sde, lambda y, u: eps, "eps")(x, tt)
+
+    eps = score_to_eps(s)
     np.testing.assert_allclose(eps.flatten(1).numpy(), (-std * s.flatten(1) @ half).numpy(), atol=1e-12)
-    score = sde.eps_to_score(e, batch_t(t, 4))
+    score = eps_to_score(e)
     ref = -torch.linalg.solve(half, e.flatten(1).T).T / std
     np.testing.assert_allclose(score.flatten(1).numpy(), ref.numpy(), atol=1e-10)
-    np.testing.assert_allclose(sde.eps_to_score(eps, batch_t(t, 4)).numpy(), s.numpy(), atol=1e-10)
-    np.testing.assert_allclose(sde.score_to_eps(score, batch_t(t, 4)).numpy(), e.numpy(), atol=1e-10)
+    np.testing.assert_allclose(eps_to_score(eps).numpy(), s.numpy(), atol=1e-10)
+    np.testing.assert_allclose(score_to_eps(score).numpy(), e.numpy(), atol=1e-10)
 
 
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("t", [0.05, 0.5, 0.95])
 def test_denoise_is_gaussian_conditioning(name, t):
-    """MATH.md 8.10: Tweedie (x + std^2 Sigma s(x)) / a with the exact score equals Gaussian conditioning,
+    """MATH.md 8.10: Tweedie (x + std^2 Sigma s(x)) / a = c_x x + c_eps Sigma^{1/2} eps (sde.denoise_coefficients,
+    eps = -std Sigma^{1/2} s) with the exact score equals Gaussian conditioning,
     E[x_0 | x_t] = m + a S C_t^-1 (x - a m), to 1e-10."""
     sde, cf, data, sigma, score_fn = gaussian_setup(name)
     a, std = cf.a(t), math.sqrt(cf.var(t))
     x0 = data.mean + (torch.randn(4, 24, dtype=torch.float64) @ sqrtm_dense(data.cov)).reshape(4, *GAUSS_SHAPE)
     xt = a * x0 + std * sde.cov.sqrt_mul(torch.randn(4, *GAUSS_SHAPE, dtype=torch.float64))
     tt = batch_t(t, 4)
-    out = sde.denoise(xt, score_fn(xt, tt), tt)
+    eps = -std * sde.cov.sqrt_mul(score_fn(xt, tt))
+    c_x, c_eps = sde.denoise_coefficients(tt)
+    out = c_x[:, None, None, None] * xt + c_eps[:, None, None, None] * sde.cov.sqrt_mul(eps)
     np.testing.assert_allclose(out.numpy(), data.posterior_mean(xt, a, std, sigma).numpy(), rtol=0, atol=1e-10)
 
 
@@ -436,9 +450,10 @@ def test_identity_covariance_gives_exactly_the_isotropic_sde(iso, ni):
                 *sde.marginal_prob(x, t),
                 *sde.discretize(x, t),
                 sde.prior_logp(x),
-                sde.score_to_eps(s, t),
-                sde.eps_to_score(s, t),
-                sde.denoise(x, s, t),
+                *sde.denoise_coefficients(t),
+                sde.log_snr(t),
+                *sde.spectral_scales(t),
+                sde.to_spectral(s),
                 *rev.sde(x, t),
                 *rev.discretize(x, t),
                 *pf.sde(x, t),
@@ -467,9 +482,10 @@ def test_float32_in_float32_out(name):
         *sde.marginal_prob(x, t),
         *sde.discretize(x, t),
         sde.prior_logp(x),
-        sde.score_to_eps(x, t),
-        sde.eps_to_score(x, t),
-        sde.denoise(x, x, t),
+        *sde.denoise_coefficients(t),
+        *sde.spectral_scales(t),
+        sde.to_spectral(x),
+        sde.from_spectral(x),
         *rev.sde(x, t),
         *rev.discretize(x, t),
         *pf.sde(x, t),
@@ -478,9 +494,7 @@ def test_float32_in_float32_out(name):
     ]
     assert all(o.dtype == torch.float32 for o in outs)
     np.testing.assert_allclose(sde.prior_logp(x).numpy(), sde.prior_logp(x64).numpy(), rtol=1e-5)
-    np.testing.assert_allclose(
-        sde.denoise(x, x, t).numpy(), sde.denoise(x64, x64, t.double()).numpy(), rtol=1e-4, atol=1e-4
-    )
+    np.testing.assert_allclose(sde.from_spectral(sde.to_spectral(x)).numpy(), x64.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_bad_arguments():

@@ -6,15 +6,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from sde_lib import SDE, SpectralCovariance, make_sde
+from sde_lib import COLOURED_SDE_NAMES, SDE, SpectralCovariance, make_sde
 
 from .config import TrainConfig
 
 __all__ = ["NOISE_FIT_MAX_IMAGES", "build_model", "build_sde", "needs_spectrum", "fit_noise_spectrum", "dataset_images"]
 
 NOISE_FIT_MAX_IMAGES = 10_000
-# SDE names whose covariance the config chooses (noise="gff" | "data"); the others are isotropic by definition.
-_COLOURED_SDES = ("nivp", "nive")
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -45,7 +43,7 @@ def fit_noise_spectrum(dataset: Dataset) -> Tensor:
 
 def needs_spectrum(cfg: TrainConfig) -> bool:
     """Whether the run's SDE uses a data-matched covariance (whose spectrum the checkpoint stores)."""
-    return cfg.noise == "data" and cfg.sde in _COLOURED_SDES
+    return cfg.noise == "data" and cfg.sde in COLOURED_SDE_NAMES
 
 
 def build_sde(cfg: TrainConfig, shape: tuple[int, int, int], spectrum: Tensor | None = None) -> SDE:

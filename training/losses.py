@@ -1,19 +1,22 @@
 """Denoising score-matching losses with non-isotropic noise (MATH.md 2-4).
 
 Every loss perturbs clean images x_0 as x_t = a x_0 + s Sigma^{1/2} eps with white eps ~ N(0, I) (through
-`kernels.perturb`) and regresses a network output on eps; the reduction is the mean over pixels and batch
+`kernels.perturb`), at the scales (a, s) = `loss.scale(sde)(t)` of the time t it draws, and regresses the network's
+white-noise prediction on eps: whatever the network predicts (sde_lib.PREDICTIONS: eps, x0, v, u), its output is
+turned into eps at (a, s) by sde_lib.eps_from_prediction. The reduction is the mean over pixels and batch
 (MATH.md 2, [CONVENTION]). The weighting lambda = s^2 Sigma turns score matching into that plain MSE:
 
-    s^2 (s_theta - s_cond)^T Sigma (s_theta - s_cond) = || residual ||^2,    s_cond = -Sigma^{-1/2} eps / s
+    s^2 (s_theta - s_cond)^T Sigma (s_theta - s_cond) = || eps_theta - eps ||^2,    s_cond = -Sigma^{-1/2} eps / s
 
-  "ddpm"  NI-DDPM (MATH.md 2): i ~ U{0..N-1}, a = sqrt(abar_i), s = sqrt(1 - abar_i), the net sees
-          t = sde.discrete_time(i) = (i + 1) T / N; residual eps_theta(x_t, t) - eps;
-          score s_theta = -Sigma^{-1/2} eps_theta / s.
-  "dsm"   continuous DSM (MATH.md 3, 4): t ~ U(eps_t, 1), a = a(t), s = std(t) of the SDE (VP, sub-VP, NIVP: the
-          eps parameterisation; VE, NI-VE: the sigma-conditional eps parameterisation); same residual and score.
-  "ncsn"  NCSN unconditional form (MATH.md 4), VE family: i ~ U{0..N-1}, t = sde.discrete_time(i), s = sigma(t);
-          residual Sigma^{1/2} u_theta(x_t) + eps; score s_theta = u_theta / sigma(t).
+  "ddpm"  NI-DDPM (MATH.md 2): i ~ U{0..N-1}, t = sde.discrete_time(i) = (i + 1) T / N, (a, s) = (sqrt(abar_i),
+          sqrt(1 - abar_i)) = sde.discrete_marginal(t); SDEs with a discrete DDPM chain (VP, NIVP).
+  "dsm"   continuous DSM (MATH.md 3, 4): t ~ U(eps_t, 1), (a, s) = sde.marginal(t) = (a(t), std(t)); any SDE
+          (VP, sub-VP, NIVP: the eps parameterisation; VE, NI-VE: the sigma-conditional eps parameterisation).
+  "ncsn"  NCSN unconditional form (MATH.md 4): i ~ U{0..N-1}, t = sde.discrete_time(i), (a, s) = (1, sigma(t));
+          the network predicts u with score u / sigma, i.e. eps_theta = -Sigma^{1/2} u_theta; VE family only.
 
+The trained network reaches the samplers as `score_fn_for(model, sde, loss)`: a samplers.ScoreModel that knows its
+prediction and its scale, so a sampler working at the same scale uses the network's eps as it is.
 Isotropic models are Sigma = I (IdentityCovariance): the same code.
 """
 
@@ -26,8 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sde_lib import NIVESDE, NIVPSDE, SDE, SubVPSDE
-from sde_lib.sde import ScoreFn
+from samplers import ScoreModel
+from samplers.score_model import Scale
+from sde_lib import SDE, NotApplicableError, eps_from_prediction
+from sde_lib.prediction import check_prediction
 
 __all__ = ["EPS_T", "NoiseLevels", "DiffusionLoss", "NIDDPMLoss", "DSMLoss", "NCSNLoss", "get_loss", "score_fn_for"]
 
@@ -46,38 +51,37 @@ class NoiseLevels:
     s: Tensor
 
 
-def _bc(v: Tensor) -> Tensor:
-    return v[:, None, None, None]
-
-
 def _level_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), _LEVEL_STREAM])
 
 
 class DiffusionLoss(ABC):
-    """A training loss: `loss(model, sde, x0, seed)` -> scalar mean over pixels; `score(model, sde, x, t)`."""
+    """A training loss: `loss(model, sde, x0, seed)` -> scalar mean over pixels; `score_fn_for` its ScoreModel."""
 
     name: str
+    prediction: str = "eps"
 
-    @abstractmethod
     def check_sde(self, sde: SDE) -> None:
-        """Raise ValueError if this loss does not apply to `sde`."""
+        """Raise ValueError if this loss does not apply to `sde` (asks the SDE for the scale it trains at)."""
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be a sde_lib SDE, got {type(sde).__name__}")
+        try:
+            self.scale(sde)
+        except NotApplicableError as err:
+            raise ValueError(f"loss {self.name!r} does not apply to {sde.name}: {err}") from None
 
     @abstractmethod
+    def scale(self, sde: SDE) -> Scale:
+        """t -> (a, s): the scales of x_t = a x_0 + s Sigma^{1/2} eps that the network is trained at."""
+
+    @abstractmethod
+    def times(self, sde: SDE, batch: int, rng: np.random.Generator) -> Tensor:
+        """The (B,) float64 network times of a batch."""
+
     def levels(self, sde: SDE, batch: int, seed: int) -> NoiseLevels:
         """Noise levels of a batch, drawn from a stream fixed by `seed` (float64, CPU)."""
-
-    @abstractmethod
-    def std(self, sde: SDE, t: Tensor) -> Tensor:
-        """s at network time t: the std of the marginal the network was trained on, (B,)."""
-
-    @abstractmethod
-    def residual(self, model: nn.Module, sde: SDE, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """The (B, C, H, W) residual (in eps's dtype) whose mean square is the loss."""
-
-    @abstractmethod
-    def score(self, model: nn.Module, sde: SDE, x: Tensor, t: Tensor) -> Tensor:
-        """s_theta(x, t), the score model implied by the network's output."""
+        t = self.times(sde, batch, _level_rng(seed))
+        return NoiseLevels(t, *self.scale(sde)(t))
 
     def perturb(self, sde: SDE, x0: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor]:
         """(x_t, t, eps): draw levels and build x_t = a x_0 + s Sigma^{1/2} eps with kernels.perturb."""
@@ -90,6 +94,11 @@ class DiffusionLoss(ABC):
         x_t, eps = perturb(x0, a, s, sde.cov, int(seed))
         return x_t, lv.t.to(device=x0.device, dtype=x0.dtype), eps
 
+    def residual(self, model: nn.Module, sde: SDE, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """eps_theta - eps, (B, C, H, W) in eps's dtype: eps_theta from the network's prediction at scale(t)."""
+        a, s = self.scale(sde)(t)
+        return eps_from_prediction(self.prediction, model(x_t, t), x_t.to(eps.dtype), a, s, sde.cov) - eps
+
     def __call__(self, model: nn.Module, sde: SDE, x0: Tensor, seed: int) -> Tensor:
         """mean over batch and pixels of residual^2 (the per-sample loss / D, MATH.md 2-4)."""
         self.check_sde(sde)
@@ -97,60 +106,40 @@ class DiffusionLoss(ABC):
         return self.residual(model, sde, x_t, t, eps).square().mean()
 
 
-class _EpsParameterised(DiffusionLoss):
-    """Network output eps_theta: residual eps_theta - eps, score -Sigma^{-1/2} eps_theta / s (MATH.md 2, 3)."""
-
-    def residual(self, model: nn.Module, sde: SDE, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        return model(x_t, t).to(eps.dtype) - eps
-
-    def score(self, model: nn.Module, sde: SDE, x: Tensor, t: Tensor) -> Tensor:
-        from kernels import score_scale
-
-        return score_scale(model(x, t).to(x.dtype), self.std(sde, t).to(x), sde.cov)
-
-
-class NIDDPMLoss(_EpsParameterised):
+class NIDDPMLoss(DiffusionLoss):
     """NI-DDPM (MATH.md 2): i ~ U{0..N-1}, x_t = sqrt(abar_i) x_0 + sqrt(1 - abar_i) Sigma^{1/2} eps,
     loss mean ||eps_theta(x_t, t_i) - eps||^2, t_i = sde.discrete_time(i). VP family (NIVPSDE / VPSDE) only."""
 
     name = "ddpm"
 
-    def check_sde(self, sde: SDE) -> None:
-        if not isinstance(sde, NIVPSDE) or isinstance(sde, SubVPSDE):
-            raise ValueError(f"loss 'ddpm' needs a VP-family SDE (NIVPSDE/VPSDE), got {type(sde).__name__}")
+    def __init__(self, prediction: str = "eps"):
+        self.prediction = check_prediction(prediction)
 
-    def levels(self, sde: SDE, batch: int, seed: int) -> NoiseLevels:
-        i = torch.from_numpy(_level_rng(seed).integers(0, sde.N, size=batch))
-        abar = sde.schedule.alphas_cumprod[i]
-        return NoiseLevels(sde.discrete_time(i), abar.sqrt(), (1.0 - abar).sqrt())
+    def scale(self, sde: SDE) -> Scale:
+        sde.discrete_alphas_cumprod()  # NotApplicableError without a discrete DDPM chain
+        return sde.discrete_marginal
 
-    def std(self, sde: SDE, t: Tensor) -> Tensor:
-        abar = sde.schedule.alphas_cumprod[sde.discrete_index(t.detach().cpu())]
-        return (1.0 - abar).sqrt().to(device=t.device)
+    def times(self, sde: SDE, batch: int, rng: np.random.Generator) -> Tensor:
+        return sde.discrete_time(torch.from_numpy(rng.integers(0, sde.N, size=batch)))
 
 
-class DSMLoss(_EpsParameterised):
+class DSMLoss(DiffusionLoss):
     """Continuous DSM (MATH.md 3, 4): t ~ U(eps_t, 1), x_t = a(t) x_0 + std(t) Sigma^{1/2} eps,
     loss mean ||eps_theta(x_t, t) - eps||^2. Any SDE (VP, sub-VP, NIVP, VE, NI-VE)."""
 
     name = "dsm"
 
-    def __init__(self, eps_t: float = EPS_T):
+    def __init__(self, eps_t: float = EPS_T, prediction: str = "eps"):
         if not 0.0 <= eps_t < 1.0:
             raise ValueError(f"eps_t must lie in [0, 1), got {eps_t}")
         self.eps_t = float(eps_t)
+        self.prediction = check_prediction(prediction)
 
-    def check_sde(self, sde: SDE) -> None:
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a sde_lib SDE, got {type(sde).__name__}")
+    def scale(self, sde: SDE) -> Scale:
+        return sde.marginal
 
-    def levels(self, sde: SDE, batch: int, seed: int) -> NoiseLevels:
-        u = torch.from_numpy(_level_rng(seed).random(batch))
-        t = self.eps_t + (sde.T - self.eps_t) * u
-        return NoiseLevels(t, sde.mean_coeff(t), sde.marginal_std(t))
-
-    def std(self, sde: SDE, t: Tensor) -> Tensor:
-        return sde.marginal_std(t)
+    def times(self, sde: SDE, batch: int, rng: np.random.Generator) -> Tensor:
+        return self.eps_t + (sde.T - self.eps_t) * torch.from_numpy(rng.random(batch))
 
 
 class NCSNLoss(DiffusionLoss):
@@ -163,23 +152,14 @@ class NCSNLoss(DiffusionLoss):
     """
 
     name = "ncsn"
+    prediction = "u"
 
-    def check_sde(self, sde: SDE) -> None:
-        if not isinstance(sde, NIVESDE):
-            raise ValueError(f"loss 'ncsn' needs a VE-family SDE (NIVESDE/VESDE), got {type(sde).__name__}")
+    def scale(self, sde: SDE) -> Scale:
+        sde.smld_sigmas()  # NotApplicableError outside the VE family
+        return sde.marginal
 
-    def levels(self, sde: SDE, batch: int, seed: int) -> NoiseLevels:
-        t = sde.discrete_time(torch.from_numpy(_level_rng(seed).integers(0, sde.N, size=batch)))
-        return NoiseLevels(t, torch.ones(batch, dtype=torch.float64), sde.marginal_std(t))
-
-    def std(self, sde: SDE, t: Tensor) -> Tensor:
-        return sde.marginal_std(t)
-
-    def residual(self, model: nn.Module, sde: SDE, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        return sde.cov.sqrt_mul(model(x_t, t).to(eps.dtype)) + eps
-
-    def score(self, model: nn.Module, sde: SDE, x: Tensor, t: Tensor) -> Tensor:
-        return model(x, t).to(x.dtype) / _bc(self.std(sde, t).to(x))
+    def times(self, sde: SDE, batch: int, rng: np.random.Generator) -> Tensor:
+        return sde.discrete_time(torch.from_numpy(rng.integers(0, sde.N, size=batch)))
 
 
 _LOSSES = {cls.name: cls for cls in (NIDDPMLoss, DSMLoss, NCSNLoss)}
@@ -192,19 +172,11 @@ def get_loss(name: str) -> DiffusionLoss:
     return _LOSSES[name]()
 
 
-def score_fn_for(model: nn.Module, sde: SDE, loss: str | DiffusionLoss) -> ScoreFn:
-    """score_fn(x, t) of a network trained with `loss`, for sde.reverse and the samplers (MATH.md 2-4).
-
-    eps-parameterised ("ddpm", "dsm"): -Sigma^{-1/2} eps_theta(x, t) / s(t); "ncsn": u_theta(x) / sigma(t).
-    It needs an invertible Sigma (Sigma^{-1/2}); samplers that only use Sigma s_theta can avoid it.
-    """
+def score_fn_for(model: nn.Module, sde: SDE, loss: str | DiffusionLoss) -> ScoreModel:
+    """The network as the samplers see it (samplers.ScoreModel): what it predicts and the scale it was trained at
+    under `loss`; calling it gives the score (MATH.md 2-4), and each sampler reads its eps at the sampler's scale."""
     loss = get_loss(loss) if isinstance(loss, str) else loss
     if not isinstance(loss, DiffusionLoss):
         raise TypeError(f"loss must be a loss name or a DiffusionLoss, got {type(loss).__name__}")
     loss.check_sde(sde)
-
-    def score_fn(x: Tensor, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        return loss.score(model, sde, x, t.expand(x.shape[0]) if t.dim() == 0 else t)
-
-    return score_fn
+    return ScoreModel(sde, model, loss.prediction, loss.scale(sde))

@@ -50,6 +50,11 @@ class SDE(ABC):
     def __init__(self, N: int, cov: Covariance):
         if int(N) < 1:
             raise ValueError(f"N (number of discretisation steps) must be >= 1, got {N}")
+        if cov is None:
+            raise TypeError(
+                f"{type(self).__name__} needs cov=..., e.g. GFFCovariance((C, H, W)); the isotropic SDEs "
+                "(VPSDE, VESDE) need none"
+            )
         if not isinstance(cov, Covariance):
             raise TypeError(f"cov must be a sde_lib Covariance, got {type(cov).__name__}")
         self.N = int(N)
@@ -248,10 +253,6 @@ class NIVPSDE(SDE):
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000, cov: Covariance | None = None):
-        if cov is None:
-            raise TypeError(
-                f"{type(self).__name__} needs cov=..., e.g. GFFCovariance((C, H, W)) (VPSDE is the isotropic one)"
-            )
         super().__init__(N, cov)
         self.beta_0 = float(beta_min)
         self.beta_1 = float(beta_max)
@@ -345,10 +346,6 @@ class NIVESDE(SDE):
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000, cov: Covariance | None = None):
-        if cov is None:
-            raise TypeError(
-                f"{type(self).__name__} needs cov=..., e.g. GFFCovariance((C, H, W)) (VESDE is the isotropic one)"
-            )
         super().__init__(N, cov)
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)

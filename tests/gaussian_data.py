@@ -12,26 +12,11 @@ For data x_0 ~ N(m, S) and a forward process x_t = a x_0 + std Sigma^{1/2} z (MA
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
-
-
-def single_intraop_thread() -> Iterator[None]:
-    """Body of a module-scoped pytest fixture: run with one intra-op torch thread, then restore the setting.
-
-    The tests use tiny tensors, for which thread-pool synchronisation costs more than it gains; on a shared, busy
-    2-core machine it made autograd through the FFT operators 100x slower.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def integer_frequencies(H: int, W: int) -> tuple[np.ndarray, np.ndarray]:

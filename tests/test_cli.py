@@ -86,14 +86,6 @@ def test_main_job_writes_grid_metrics_and_summary(main_run):
     assert (workdir / "digits_classifier.pt").is_file()
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_train_resumes_from_the_newest_checkpoint(tmp_path, one_thread, capsys):
     workdir = tmp_path / "train"
     common = ["train", *TINY, "--workdir", str(workdir), "--batch-size", "16", "--save-every", "5"]

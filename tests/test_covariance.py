@@ -17,14 +17,13 @@ from gaussian_data import (
     gff_amplitude,
     gff_eigenvalues,
     integer_frequencies,
-    single_intraop_thread,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sde_lib import GFFCovariance, IdentityCovariance, SpectralCovariance
 
-_single_thread = pytest.fixture(autouse=True, scope="module")(single_intraop_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # (C, H, W): square even / odd, and non-square with even and odd sides.
 SHAPES = [(1, 8, 8), (1, 7, 7), (1, 6, 10), (2, 5, 8), (1, 9, 4)]

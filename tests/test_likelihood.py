@@ -23,12 +23,7 @@ F64 = torch.float64
 TIGHT = {"rtol": 1e-7, "atol": 1e-7, "eps": 1e-8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,29 +12,26 @@ Gaussian mixture with its exact end-point prior, the reference is the exact log-
 Where log_likelihood at 1e-5 is less accurate than the baseline, a further row gives it at the loosest tighter
 tolerance that matches the baseline's accuracy (equal-accuracy comparison).
 
-    python benchmarks/likelihood_cost.py [--repeats 3] [--threads 1]
+Run from the repository root (it imports tests.gaussian_oracle):
+
+    python -m benchmarks.likelihood_cost [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import pathlib
 import platform
-import sys
 import time
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-
-from analytic import GaussianMixture  # noqa: E402
-
-import samplers  # noqa: E402
-from models import create_model  # noqa: E402
-from samplers.common import eps_function  # noqa: E402
-from sde_lib import NIVPSDE, GFFCovariance  # noqa: E402
+import samplers
+from models import create_model
+from samplers.common import eps_function
+from sde_lib import NIVPSDE, GFFCovariance
+from tests.gaussian_oracle import GaussianMixture
 
 SHAPE = (1, 8, 8)
 

@@ -19,10 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import run
 
-import run  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.subprocess
 

@@ -1,6 +1,6 @@
 """sde_lib.covariance against MATH.md 1 and 7, and the tests of MATH.md 8.1-8.7.
 
-References are built here from the MATH.md formulas with numpy / scipy (tests/gaussian_data.py), never from
+References are built here from the MATH.md formulas with numpy / scipy (tests/spectra.py), never from
 sde_lib's own FFT code: the integer fftfreq index per axis, the unitary DFT matrix applied to unit vectors,
 and the full complex ifft2(lambda^a * fft2(x)).
 """
@@ -11,17 +11,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from gaussian_data import (
-    covariance_zscores,
-    dense_from_spectrum,
-    gff_amplitude,
-    gff_eigenvalues,
-    integer_frequencies,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sde_lib import GFFCovariance, IdentityCovariance, SpectralCovariance
+from tests.gaussian_oracle import covariance_zscores
+from tests.spectra import dense_from_spectrum, gff_amplitude, gff_eigenvalues, integer_frequencies
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

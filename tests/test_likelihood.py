@@ -11,11 +11,11 @@ import math
 
 import pytest
 import torch
-from analytic import GaussianMixture
 
 import samplers
 from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, SubVPSDE, nats_to_bpd
 from sde_lib import dequantize as dequantize_pixels
+from tests.gaussian_oracle import GaussianMixture
 
 SHAPE = (1, 8, 8)
 D = 64

@@ -14,7 +14,6 @@ import math
 
 import pytest
 import torch
-from analytic import GaussianMixture
 
 import kernels
 import samplers
@@ -22,6 +21,7 @@ from samplers.common import time_grid
 from samplers.discrete import ddim_coefficients, ddpm_coefficients, level_time, timestep_subsequence
 from samplers.dpm_solver import exponential_step_weights, log_snr, solver_times
 from sde_lib import NIVESDE, NIVPSDE, GFFCovariance, cas_noise_scale
+from tests.gaussian_oracle import GaussianMixture
 
 SHAPE = (1, 8, 8)
 D = 64

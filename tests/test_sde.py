@@ -15,9 +15,9 @@ import pytest
 import scipy.linalg
 import scipy.stats
 import torch
-from gaussian_data import GaussianData, covariance_zscores
 
 from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, IdentityCovariance, SubVPSDE
+from tests.gaussian_oracle import GaussianData, covariance_zscores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -30,10 +30,7 @@ from scipy.integrate import solve_ivp
 import samplers
 from models import create_model
 from samplers.common import eps_function
-from sde_lib import NIVPSDE, GFFCovariance
-from tests.gaussian_oracle import GaussianMixture
-
-SHAPE = (1, 8, 8)
+from tests.gaussian_oracle import SHAPE, GaussianMixture, gff_cov, oracle_sde
 
 
 def scipy_baseline(sde, score_fn, x, probe, rtol, atol, eps, prior_logp):
@@ -95,8 +92,7 @@ def workloads(batch: int) -> list[tuple[str, object, object, torch.Tensor, objec
     that of a sensible model (a random network's ODE is stiff, ~1000 evaluations) while every evaluation pays a
     full network forward and backward pass.
     """
-    cov = GFFCovariance(SHAPE, power=1.0)
-    sde = NIVPSDE(cov=cov)
+    sde = oracle_sde("nivp", gff_cov())
     gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(2024))
     x = gmm.sample(batch, torch.Generator().manual_seed(1))
     torch.manual_seed(0)

@@ -24,17 +24,15 @@ import time
 import torch
 
 import samplers
-from sde_lib import NIVESDE, NIVPSDE, GFFCovariance
-from tests.gaussian_oracle import GaussianMixture, moment_statistics
+from tests.gaussian_oracle import SHAPE, GaussianMixture, gff_cov, moment_statistics, oracle_sde
 
-SHAPE = (1, 8, 8)
 NFES = (10, 20, 50, 100, 1000)
 
 
 def problem() -> dict:
-    cov = GFFCovariance(SHAPE, power=1.0)
+    cov = gff_cov()
     gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(2024))
-    return {"gmm": gmm, "vp": NIVPSDE(cov=cov), "ve": NIVESDE(cov=cov), "cov": cov}
+    return {"gmm": gmm, "vp": oracle_sde("nivp", cov), "ve": oracle_sde("nive", cov), "cov": cov}
 
 
 def discretised(base: dict, family: str, N: int):
@@ -42,7 +40,7 @@ def discretised(base: dict, family: str, N: int):
     if N == base[family].N:
         return base[family]
     try:
-        return NIVPSDE(cov=base["cov"], N=N) if family == "vp" else NIVESDE(cov=base["cov"], N=N)
+        return oracle_sde({"vp": "nivp", "ve": "nive"}[family], base["cov"], N=N)
     except ValueError:
         return None
 

@@ -1,7 +1,9 @@
-"""Fixtures shared by the test modules (benchmarks/conftest.py re-exports them for benchmarks/)."""
+"""Fixtures shared by the test modules (benchmarks/conftest.py re-exports one_thread for benchmarks/)."""
 
 import pytest
 import torch
+
+from tests.gaussian_oracle import gff_cov
 
 
 @pytest.fixture(scope="module")
@@ -18,3 +20,9 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cov():
+    """The GFF noise covariance (power 1) of the oracle problems on 1x8x8 images (tests.gaussian_oracle.SHAPE)."""
+    return gff_cov()

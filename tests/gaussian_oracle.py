@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sde_lib import SDE
+from sde_lib import NIVESDE, NIVPSDE, SDE, VESDE, VPSDE, Covariance, GFFCovariance, SubVPSDE
 
 
 def random_spd(D: int, generator: torch.Generator, low: float, high: float) -> Tensor:
@@ -309,3 +309,21 @@ class GaussianMixture:
         """log p_T(z): the exact end-point density, to pass as log_likelihood's prior_logp."""
         end = self.marginal(sde, sde.T)
         return end.log_prob
+
+
+# ---- the problems of the sampler and likelihood tests and benchmarks: 1x8x8 images in GFF noise ------------------
+SHAPE = (1, 8, 8)  # D = 64: the dense float64 references stay cheap
+
+
+def gff_cov(shape: tuple[int, int, int] = SHAPE, power: float = 1.0) -> GFFCovariance:
+    """The GFF noise covariance of the problems (MATH.md 1): power 1 on 1x8x8 images unless told otherwise."""
+    return GFFCovariance(shape, power=power)
+
+
+def oracle_sde(name: str, cov: Covariance, **options) -> SDE:
+    """The SDE class `name` with its default hyper-parameters: nivp, subvp, nive with noise covariance `cov` (so
+    'subvp' is sub-VP in GFF noise, unlike sde_lib.make_sde's isotropic one), and the isotropic classes vp (VPSDE)
+    and ve (VESDE) on cov's image shape. `options` (e.g. N) go to the constructor."""
+    if name in ("vp", "ve"):
+        return {"vp": VPSDE, "ve": VESDE}[name](shape=cov.shape, **options)
+    return {"nivp": NIVPSDE, "subvp": SubVPSDE, "nive": NIVESDE}[name](cov=cov, **options)

@@ -24,10 +24,9 @@ import torch
 import kernels
 import samplers
 from samplers.common import EpsScoreFn
-from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, SubVPSDE
-from tests.gaussian_oracle import GaussianMixture, moment_statistics
+from sde_lib import NIVPSDE, VPSDE, GFFCovariance
+from tests.gaussian_oracle import SHAPE, GaussianMixture, gff_cov, moment_statistics, oracle_sde
 
-SHAPE = (1, 8, 8)
 F64 = torch.float64
 
 
@@ -35,18 +34,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_problem() -> tuple[GaussianMixture, dict]:
-    """The Gaussian data and the SDEs of the tests (also used by benchmarks/sampler_quality.py --gaussian)."""
-    cov = GFFCovariance(SHAPE, power=1.0)
+    """The Gaussian data and the SDEs of the tests (also used by python -m benchmarks.sampler_quality --gaussian)."""
+    cov = gff_cov()
     data = GaussianMixture.gaussian(SHAPE, torch.Generator().manual_seed(7))
-    sdes = {
-        "nivp": NIVPSDE(cov=cov),
-        "vp": VPSDE(shape=SHAPE),
-        "subvp": SubVPSDE(cov=cov),
-        "nive": NIVESDE(cov=cov),
-        "ve": VESDE(shape=SHAPE),
-        "vp200": VPSDE(N=200, shape=SHAPE),
-        "nive200": NIVESDE(N=200, cov=cov),
-    }
+    sdes = {name: oracle_sde(name, cov) for name in ("nivp", "vp", "subvp", "nive", "ve")}
+    sdes["vp200"] = oracle_sde("vp", cov, N=200)
+    sdes["nive200"] = oracle_sde("nive", cov, N=200)
     return data, sdes
 
 

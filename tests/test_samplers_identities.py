@@ -21,19 +21,13 @@ from samplers.common import time_grid
 from samplers.discrete import ddim_coefficients, ddpm_coefficients, level_time, timestep_subsequence
 from samplers.dpm_solver import exponential_step_weights, log_snr, solver_times
 from sde_lib import NIVESDE, NIVPSDE, GFFCovariance, cas_noise_scale
-from tests.gaussian_oracle import GaussianMixture
+from tests.gaussian_oracle import SHAPE, GaussianMixture
 
-SHAPE = (1, 8, 8)
 D = 64
 F64 = torch.float64
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def cov():
-    return GFFCovariance(SHAPE, power=1.0)
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:

@@ -12,31 +12,25 @@ Gaussian mixture with its exact end-point prior, the reference is the exact log-
 Where log_likelihood at 1e-5 is less accurate than the baseline, a further row gives it at the loosest tighter
 tolerance that matches the baseline's accuracy (equal-accuracy comparison).
 
-    python benchmarks/likelihood_cost.py [--repeats 3] [--threads 1]
+Run from the repository root (it imports tests.gaussian_oracle):
+
+    python -m benchmarks.likelihood_cost [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import pathlib
 import platform
-import sys
 import time
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-
-from analytic import GaussianMixture  # noqa: E402
-
-import samplers  # noqa: E402
-from models import create_model  # noqa: E402
-from samplers import ScoreModel  # noqa: E402
-from sde_lib import NIVPSDE, GFFCovariance  # noqa: E402
-
-SHAPE = (1, 8, 8)
+import samplers
+from models import create_model
+from samplers import ScoreModel
+from tests.gaussian_oracle import SHAPE, GaussianMixture, gff_cov, oracle_sde
 
 
 def scipy_baseline(sde, score_fn, x, probe, rtol, atol, eps, prior_logp):
@@ -98,8 +92,7 @@ def workloads(batch: int) -> list[tuple[str, object, object, torch.Tensor, objec
     that of a sensible model (a random network's ODE is stiff, ~1000 evaluations) while every evaluation pays a
     full network forward and backward pass.
     """
-    cov = GFFCovariance(SHAPE, power=1.0)
-    sde = NIVPSDE(cov=cov)
+    sde = oracle_sde("nivp", gff_cov())
     gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(2024))
     x = gmm.sample(batch, torch.Generator().manual_seed(1))
     torch.manual_seed(0)

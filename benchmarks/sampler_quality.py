@@ -2,42 +2,37 @@
 
 Data: a 3-component Gaussian mixture on 1x8x8 images (dense random component covariances, eigenvalues in
 [0.02, 0.3], means 0.5 N(0, I)), noised by NIVP / NI-VE SDEs with GFF noise (power 1). The score of every marginal
-is exact (tests/analytic.py), so the only errors are the samplers' own.
+is exact (tests/gaussian_oracle.py), so the only errors are the samplers' own.
 
 Error (low variance): each sample is assigned to the components by its exact responsibilities r_k(x) (soft), a
 Gaussian is fitted per component (weighted mean and covariance) and the weights are estimated by mean r_k; the error
 is sum_k w_k KL(N(m_k_hat, S_k_hat) || N(m_k, S_k)) + KL(w_hat || w), minus the mean of the same estimator on exact
 samples of the same size (so 0 means "as good as exact sampling"; the residual noise is about 0.006 nats at n = 1e4).
 
-    python benchmarks/sampler_quality.py                       # the table (about half an hour on 2 CPU cores)
-    python benchmarks/sampler_quality.py --gaussian            # discretisation allowances of the sampler tests
+Run from the repository root (it imports tests.gaussian_oracle):
+
+    python -m benchmarks.sampler_quality                       # the table (about half an hour on 2 CPU cores)
+    python -m benchmarks.sampler_quality --gaussian            # discretisation allowances of the sampler tests
 """
 
 from __future__ import annotations
 
 import argparse
-import pathlib
 import platform
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+import samplers
+from tests.gaussian_oracle import SHAPE, GaussianMixture, gff_cov, moment_statistics, oracle_sde
 
-from analytic import GaussianMixture, moment_statistics  # noqa: E402
-
-import samplers  # noqa: E402
-from sde_lib import NIVESDE, NIVPSDE, GFFCovariance  # noqa: E402
-
-SHAPE = (1, 8, 8)
 NFES = (10, 20, 50, 100, 1000)
 
 
 def problem() -> dict:
-    cov = GFFCovariance(SHAPE, power=1.0)
+    cov = gff_cov()
     gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(2024))
-    return {"gmm": gmm, "vp": NIVPSDE(cov=cov), "ve": NIVESDE(cov=cov), "cov": cov}
+    return {"gmm": gmm, "vp": oracle_sde("nivp", cov), "ve": oracle_sde("nive", cov), "cov": cov}
 
 
 def discretised(base: dict, family: str, N: int):
@@ -45,7 +40,7 @@ def discretised(base: dict, family: str, N: int):
     if N == base[family].N:
         return base[family]
     try:
-        return NIVPSDE(cov=base["cov"], N=N) if family == "vp" else NIVESDE(cov=base["cov"], N=N)
+        return oracle_sde({"vp": "nivp", "ve": "nive"}[family], base["cov"], N=N)
     except ValueError:
         return None
 
@@ -159,7 +154,7 @@ def run_table(n: int, seed: int, rows: list[str] | None) -> None:
 
 def gaussian_allowances(n: int, seed: int, cases: list[str] | None) -> None:
     """Bias of the two statistics of tests/test_samplers.py for each of its sampler cases, with n samples."""
-    from test_samplers import ACCURACY_CASES, gaussian_problem
+    from tests.test_samplers import ACCURACY_CASES, gaussian_problem
 
     data, sdes = gaussian_problem()
     print("| case | NFE | KL excess (sd) | variance ratio - 1 (sd) | test allowances (KL, variance) |")

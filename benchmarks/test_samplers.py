@@ -7,34 +7,18 @@ The assertions only check that each call did its work (the mathematics is tested
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import pytest
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+import samplers
+from tests.gaussian_oracle import SHAPE, GaussianMixture, gff_cov, oracle_sde
 
-from analytic import GaussianMixture  # noqa: E402
-
-import samplers  # noqa: E402
-from sde_lib import NIVPSDE, GFFCovariance  # noqa: E402
-
-SHAPE = (1, 8, 8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one torch thread is faster and immune to other processes' load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def problem():
-    sde = NIVPSDE(cov=GFFCovariance(SHAPE, power=1.0))
+    sde = oracle_sde("nivp", gff_cov())
     gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(0))
     return sde, gmm, gmm.score_fn(sde)
 

@@ -19,10 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import run
 
-import run  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.subprocess
 
@@ -84,14 +83,6 @@ def test_main_job_writes_grid_metrics_and_summary(main_run):
     # A density on [-1, 1]^64 that is not wildly wrong: between 0 and a few times log2(17) = 4.09 bits.
     assert 0 < bpd["mean"] < 20 and bpd["standard_error"] > 0
     assert (workdir / "digits_classifier.pt").is_file()
-
-
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_train_resumes_from_the_newest_checkpoint(tmp_path, one_thread, capsys):

@@ -1,6 +1,6 @@
 """sde_lib.covariance against MATH.md 1 and 7, and the tests of MATH.md 8.1-8.7.
 
-References are built here from the MATH.md formulas with numpy / scipy (tests/gaussian_data.py), never from
+References are built here from the MATH.md formulas with numpy / scipy (tests/spectra.py), never from
 sde_lib's own FFT code: the integer fftfreq index per axis, the unitary DFT matrix applied to unit vectors,
 and the full complex ifft2(lambda^a * fft2(x)).
 """
@@ -11,20 +11,14 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from gaussian_data import (
-    covariance_zscores,
-    dense_from_spectrum,
-    gff_amplitude,
-    gff_eigenvalues,
-    integer_frequencies,
-    single_intraop_thread,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sde_lib import GFFCovariance, IdentityCovariance, SpectralCovariance
+from tests.gaussian_oracle import covariance_zscores
+from tests.spectra import dense_from_spectrum, gff_amplitude, gff_eigenvalues, integer_frequencies
 
-_single_thread = pytest.fixture(autouse=True, scope="module")(single_intraop_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # (C, H, W): square even / odd, and non-square with even and odd sides.
 SHAPES = [(1, 8, 8), (1, 7, 7), (1, 6, 10), (2, 5, 8), (1, 9, 4)]

@@ -231,15 +231,6 @@ def digits_split():
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    # The tiny network trains in a few seconds on one thread; on a busy 2-core machine extra threads only spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def classifier(digits_split, tmp_path_factory, one_thread):
     path = tmp_path_factory.mktemp("clf") / "digits_classifier.pt"
     model, acc = evaluation.load_or_train_digits_classifier(path, *digits_split)

@@ -11,29 +11,18 @@ import math
 
 import pytest
 import torch
-from analytic import GaussianMixture
 
 import samplers
-from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, SubVPSDE, nats_to_bpd
+from sde_lib import NIVESDE, NIVPSDE, GFFCovariance, nats_to_bpd
 from sde_lib import dequantize as dequantize_pixels
+from tests.gaussian_oracle import SHAPE, GaussianMixture, oracle_sde
 
-SHAPE = (1, 8, 8)
 D = 64
 F64 = torch.float64
 TIGHT = {"rtol": 1e-7, "atol": 1e-7, "eps": 1e-8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cov():
-    return GFFCovariance(SHAPE, power=1.0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +30,10 @@ def data():
     return GaussianMixture.gaussian(SHAPE, torch.Generator().manual_seed(21))
 
 
-def make_sde(name: str, cov):
-    return {
-        "nivp": lambda: NIVPSDE(cov=cov),
-        "vp": lambda: VPSDE(shape=SHAPE),
-        "subvp": lambda: SubVPSDE(cov=cov),
-        "nive": lambda: NIVESDE(cov=cov),
-        "ve": lambda: VESDE(shape=SHAPE),
-    }[name]()
-
-
 @pytest.mark.parametrize("name", ["nivp", "vp", "nive", "subvp", "ve"])
 def test_exact_likelihood_of_gaussian_data(cov, data, name):
     """Exact divergence + exact end-point prior: log N(x; m, S) to 1e-4 nats (MATH.md 8.12)."""
-    sde = make_sde(name, cov)
+    sde = oracle_sde(name, cov)
     x = data.sample(4, torch.Generator().manual_seed(1))
     logp, z, nfe = samplers.log_likelihood(sde, data.score_fn(sde), x, prior_logp=data.end_logp(sde), **TIGHT)
     assert logp.dtype == F64 and z.shape == x.shape and nfe > 10
@@ -74,7 +53,7 @@ def test_exact_likelihood_of_a_gaussian_mixture(cov):
 def test_default_prior_difference_is_small(cov, data, name, bound):
     """With the SDE's own prior N(0, c^2 Sigma) instead of p_T, the mean difference over 16 samples is small
     (O(a(1)) for VP, O(|m|^2 / sigma_max^2) for VE); printed for the record (pytest -s)."""
-    sde = make_sde(name, cov)
+    sde = oracle_sde(name, cov)
     x = data.sample(16, torch.Generator().manual_seed(5))
     logp, _, _ = samplers.log_likelihood(sde, data.score_fn(sde), x, rtol=1e-5, atol=1e-5, eps=1e-8)
     diff = logp - data.log_prob(x)
@@ -163,7 +142,7 @@ def test_whitening_equivalence(cov, pair):
     """log p^X(x) = log p^Y(Sigma^{-1/2} x) - 1/2 log det Sigma, where p^X uses the non-isotropic SDE with
     eps_theta and p^Y the isotropic one with eps_theta(Sigma^{1/2} y, t), to solver tolerance (MATH.md 5.1, 8.15)."""
     net = SmallEpsNet(seed=12)
-    sde_x, sde_y = make_sde(pair[0], cov), make_sde(pair[1], cov)
+    sde_x, sde_y = oracle_sde(pair[0], cov), oracle_sde(pair[1], cov)
     score_x = samplers.score_fn_from_eps(sde_x, net)
     score_y = samplers.score_fn_from_eps(sde_y, lambda y, t: net(cov.sqrt_mul(y), t))
     x = 0.5 * torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(13), dtype=F64)

@@ -18,10 +18,11 @@ import pytest
 import scipy.integrate
 import scipy.stats
 import torch
-from gaussian_data import GaussianData, dense_from_spectrum, gff_eigenvalues
 from torch import nn
 
 from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, IdentityCovariance, SubVPSDE
+from tests.gaussian_oracle import GaussianData
+from tests.spectra import dense_from_spectrum, gff_eigenvalues
 from training import get_loss, score_fn_for
 from training.losses import EPS_T, DSMLoss, NCSNLoss, NIDDPMLoss
 

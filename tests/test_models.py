@@ -8,13 +8,11 @@ import math
 
 import pytest
 import torch
-from gaussian_data import single_intraop_thread
 
 from models import MODEL_CONFIGS, UNet, UNetConfig, count_parameters, create_model
 from models.embeddings import GaussianFourierEmbedding, sinusoidal_embedding
 
-# Small tensors: one intra-op thread (on a busy 2-core machine thread-pool stalls made these tests 3-4x slower).
-_single_thread = pytest.fixture(autouse=True, scope="module")(single_intraop_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomised(net: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:

@@ -1,15 +1,15 @@
 """Samplers on data whose score is exact (MATH.md 2-4, 8.11), and the sampling API (issue 4).
 
 Data: N(m, S) on 1x8x8 (D = 64) with a dense random S that does not commute with the GFF Sigma (power 1), and a
-three-component Gaussian mixture; the score of every marginal is analytic (tests/analytic.py), so a sampler's only
-errors are Monte-Carlo noise and its own discretisation.
+three-component Gaussian mixture; the score of every marginal is analytic (tests/gaussian_oracle.py), so a sampler's
+only errors are Monte-Carlo noise and its own discretisation.
 
 Tolerances. For n samples, `moment_statistics` gives two statistics with known exact-sampling laws:
 * the KL of the fitted Gaussian to N(m, S) minus its exact-sampling mean (sd kl_sd ~ sqrt(2 k) / 2n with
   k = D + D (D+1)/2 = 2144): any error in m or S raises it;
 * the whitened variance ratio tr(S^-1 S_hat)/D - (n-1)/n (sd var_sd = sqrt(2 D (n-1)) / nD): a scale error of S.
 Each must lie within 4 of its standard deviations plus the method's discretisation allowance: about twice the bias
-measured with 20000 samples by `python benchmarks/sampler_quality.py --gaussian` (benchmarks/RESULTS.md), never
+measured with 20000 samples by `python -m benchmarks.sampler_quality --gaussian` (benchmarks/RESULTS.md), never
 less than twice that run's standard deviation. 1000-step stochastic samplers use n = 1000 (CI time: every step
 draws 64k normals); their 4 kl_sd = 0.13 nats, while dropping Sigma^{1/2} from eps costs tens of nats (tested).
 """
@@ -20,39 +20,26 @@ import math
 
 import pytest
 import torch
-from analytic import GaussianMixture, moment_statistics
 
 import kernels
 import samplers
 from samplers import ScoreModel
-from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, SubVPSDE
+from sde_lib import NIVPSDE, VPSDE, GFFCovariance
+from tests.gaussian_oracle import SHAPE, GaussianMixture, gff_cov, moment_statistics, oracle_sde
 
-SHAPE = (1, 8, 8)
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one torch thread is faster and immune to other processes' load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_problem() -> tuple[GaussianMixture, dict]:
-    """The Gaussian data and the SDEs of the tests (also used by benchmarks/sampler_quality.py --gaussian)."""
-    cov = GFFCovariance(SHAPE, power=1.0)
+    """The Gaussian data and the SDEs of the tests (also used by python -m benchmarks.sampler_quality --gaussian)."""
+    cov = gff_cov()
     data = GaussianMixture.gaussian(SHAPE, torch.Generator().manual_seed(7))
-    sdes = {
-        "nivp": NIVPSDE(cov=cov),
-        "vp": VPSDE(shape=SHAPE),
-        "subvp": SubVPSDE(cov=cov),
-        "nive": NIVESDE(cov=cov),
-        "ve": VESDE(shape=SHAPE),
-        "vp200": VPSDE(N=200, shape=SHAPE),
-        "nive200": NIVESDE(N=200, cov=cov),
-    }
+    sdes = {name: oracle_sde(name, cov) for name in ("nivp", "vp", "subvp", "nive", "ve")}
+    sdes["vp200"] = oracle_sde("vp", cov, N=200)
+    sdes["nive200"] = oracle_sde("nive", cov, N=200)
     return data, sdes
 
 

@@ -14,7 +14,6 @@ import math
 
 import pytest
 import torch
-from analytic import GaussianMixture
 
 import kernels
 import samplers
@@ -23,23 +22,13 @@ from samplers.common import time_grid
 from samplers.discrete import ddim_coefficients, ddpm_coefficients, level_time, timestep_subsequence
 from samplers.dpm_solver import exponential_step_weights, solver_times
 from sde_lib import NIVESDE, NIVPSDE, GFFCovariance, cas_noise_scale
+from tests.gaussian_oracle import SHAPE, GaussianMixture
 
-SHAPE = (1, 8, 8)
 D = 64
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cov():
-    return GFFCovariance(SHAPE, power=1.0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:

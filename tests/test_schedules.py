@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from gaussian_data import single_intraop_thread
 
 from sde_lib import cas_noise_scale, ddpm_schedule, dequantize, geometric_sigmas, nats_to_bpd
 
-_single_thread = pytest.fixture(autouse=True, scope="module")(single_intraop_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---- DDPM schedule (MATH.md 2, 3) -------------------------------------------------------------------------------
 

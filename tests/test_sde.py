@@ -15,12 +15,12 @@ import pytest
 import scipy.linalg
 import scipy.stats
 import torch
-from gaussian_data import GaussianData, covariance_zscores, single_intraop_thread
 
 from samplers import ScoreModel
 from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, IdentityCovariance, SubVPSDE
+from tests.gaussian_oracle import GaussianData, covariance_zscores
 
-_single_thread = pytest.fixture(autouse=True, scope="module")(single_intraop_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BETA_MIN, BETA_MAX = 0.1, 20.0
 SIGMA_MIN, SIGMA_MAX = 0.01, 50.0

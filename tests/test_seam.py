@@ -18,24 +18,17 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from analytic import GaussianMixture, moment_statistics
 from torch import Tensor
 
 import samplers
 from samplers import ScoreModel, score_fn_from_eps
 from sde_lib import NIVESDE, NIVPSDE, SDE, VPSDE, GFFCovariance, eps_from_prediction
+from tests.gaussian_oracle import SHAPE, GaussianMixture, gff_cov, moment_statistics
 from training.losses import DSMLoss, NIDDPMLoss, score_fn_for
 
-SHAPE = (1, 8, 8)
 F64 = torch.float64
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_eps_net(x: Tensor, t: Tensor) -> Tensor:
@@ -52,7 +45,7 @@ def relative_difference(a: Tensor, b: Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-SDES = {"nivp": lambda: NIVPSDE(cov=GFFCovariance(SHAPE)), "vp": lambda: VPSDE(shape=SHAPE)}
+SDES = {"nivp": lambda: NIVPSDE(cov=gff_cov()), "vp": lambda: VPSDE(shape=SHAPE)}
 
 
 # ---- exact plumbing -----------------------------------------------------------------------------------------------
@@ -216,8 +209,7 @@ class CosineVPSDE(SDE):
 
 @pytest.fixture(scope="module")
 def cosine():
-    cov = GFFCovariance(SHAPE, power=1.0)
-    return CosineVPSDE(cov), GaussianMixture.gaussian(SHAPE, torch.Generator().manual_seed(11))
+    return CosineVPSDE(gff_cov()), GaussianMixture.gaussian(SHAPE, torch.Generator().manual_seed(11))
 
 
 @pytest.mark.parametrize(

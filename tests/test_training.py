@@ -37,13 +37,7 @@ def config(tmp_path, name="run", **kw) -> TrainConfig:
     return TrainConfig(workdir=str(tmp_path / name), **{**base, **kw})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny network is overhead-bound: one thread is as fast and immune to CPU contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def optimal_dsm_loss(cfg: TrainConfig) -> float:

@@ -1,6 +1,15 @@
-"""Data whose score is exact under every SDE: Gaussian mixtures with dense covariances (MATH.md 3, 4, 8.11-8.12).
+"""The Gaussian oracle of the tests and benchmarks: data whose every marginal is known in closed form under every
+SDE (MATH.md 3, 4, 8.6, 8.10-8.12), with exact scores, denoisers, log-densities and the statistics of samples.
 
-For data x_0 ~ sum_k w_k N(m_k, S_k) and a forward process x_t = a(t) x_0 + noise, noise ~ N(0, v(t) Sigma),
+Gaussian data N(m, S) (`GaussianData`, for a forward process given by its coefficients a, std and dense Sigma),
+x_t = a x_0 + std Sigma^{1/2} z:
+
+    p_t = N(a m, C_t),  C_t = a^2 S + std^2 Sigma,
+    grad log p_t(x) = -C_t^{-1} (x - a m),
+    E[x_0 | x_t] = m + a S C_t^{-1} (x_t - a m)       (Gaussian conditioning).
+
+Gaussian mixtures (`GaussianMixture`, for an SDE object): for data x_0 ~ sum_k w_k N(m_k, S_k) and a forward process
+x_t = a(t) x_0 + noise, noise ~ N(0, v(t) Sigma),
 
     p_t = sum_k w_k N(a m_k, C_k(t)),   C_k(t) = a^2 S_k + v(t) Sigma,
     grad log p_t(x) = -sum_k r_k(x) C_k^{-1} (x - a m_k),   r_k = softmax_k(log w_k + log N(x; a m_k, C_k)).
@@ -9,7 +18,12 @@ v(t) is the EXACT noise variance of the SDE started at t = 0: v = std(t)^2 - (a(
 std(t)^2 for the VP family and sigma(t)^2 - sigma(0)^2 for VE (sde.marginal_std uses sigma(t), MATH.md 4). With it
 the probability-flow ODE carries p_t exactly, so a likelihood with the exact end-point density p_T equals log p_0.
 
-Used by the sampler and likelihood tests and by benchmarks/ (which put this directory on sys.path).
+Statistics of samples against a Gaussian law, each with its exact-sampling null: `moment_statistics` (KL of the
+fitted Gaussian, whitened variance ratio), `covariance_zscores` (per-entry covariance z-scores), and
+`GaussianMixture.fit_error` for mixtures.
+
+Used by the tests and by benchmarks/ (`from tests.gaussian_oracle import ...`, run from the repository root). The
+independent numpy references for the GFF spectra are in tests/spectra.py.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sde_lib import SDE
+from sde_lib import NIVESDE, NIVPSDE, SDE, VESDE, VPSDE, Covariance, GFFCovariance, SubVPSDE
 
 
 def random_spd(D: int, generator: torch.Generator, low: float, high: float) -> Tensor:
@@ -82,6 +96,58 @@ def moment_statistics(x: Tensor, mean: Tensor, cov: Tensor) -> dict[str, float]:
         "mean_err": float((m_hat - mean).abs().max()),
         "cov_err": float((S_hat - cov).abs().max()),
     }
+
+
+def covariance_zscores(samples: Tensor, target: Tensor, mean: Tensor | None = None) -> Tensor:
+    """Per-entry z-scores of the empirical covariance of `samples` (n, D) against `target` (D, D) (MATH.md 8.6).
+
+    z_ij = (C_emp,ij - Sigma_ij) / sqrt((Sigma_ii Sigma_jj + Sigma_ij^2) / n), the Gaussian-sample standard error,
+    over the D (D + 1) / 2 entries i <= j. `mean` (D,) is the known mean (zero if None); it is not re-estimated.
+    A correct sampler gives max |z| < 4.5 and mean z^2 near 1; the criterion is scale-free.
+    """
+    x = samples.to(torch.float64)
+    if mean is not None:
+        x = x - mean.to(torch.float64)
+    n, D = x.shape
+    emp = x.T @ x / n
+    d = torch.diagonal(target)
+    se = torch.sqrt((d[:, None] * d[None, :] + target**2) / n)
+    iu = torch.triu_indices(D, D)
+    return ((emp - target) / se)[iu[0], iu[1]]
+
+
+@dataclass
+class GaussianData:
+    """Data x_0 ~ N(mean, cov) on images of `shape` (C, H, W); mean (C, H, W), cov dense (D, D), float64."""
+
+    mean: Tensor
+    cov: Tensor
+
+    @classmethod
+    def random(cls, shape: tuple[int, int, int], generator: torch.Generator) -> GaussianData:
+        D = math.prod(shape)
+        mean = torch.randn(shape, generator=generator, dtype=torch.float64)
+        return cls(mean, random_spd(D, generator, 0.1, 1.1))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.mean.shape)
+
+    def marginal_cov(self, a: float, std: float, sigma: Tensor) -> Tensor:
+        """C_t = a^2 S + std^2 Sigma for the dense noise covariance `sigma`."""
+        return a**2 * self.cov + std**2 * sigma
+
+    def score(self, x: Tensor, a: float, std: float, sigma: Tensor) -> Tensor:
+        """grad log p_t(x) = -C_t^{-1}(x - a m) for x of shape (B, C, H, W)."""
+        r = (x - a * self.mean).flatten(1)
+        s = -torch.linalg.solve(self.marginal_cov(a, std, sigma), r.T).T
+        return s.reshape(x.shape)
+
+    def posterior_mean(self, x: Tensor, a: float, std: float, sigma: Tensor) -> Tensor:
+        """E[x_0 | x_t = x] = m + a S C_t^{-1}(x - a m) for x of shape (B, C, H, W)."""
+        r = (x - a * self.mean).flatten(1)
+        w = torch.linalg.solve(self.marginal_cov(a, std, sigma), r.T)
+        return self.mean + (a * self.cov @ w).T.reshape(x.shape)
 
 
 def exact_noise_variance(sde: SDE, t: Tensor) -> Tensor:
@@ -243,3 +309,21 @@ class GaussianMixture:
         """log p_T(z): the exact end-point density, to pass as log_likelihood's prior_logp."""
         end = self.marginal(sde, sde.T)
         return end.log_prob
+
+
+# ---- the problems of the sampler and likelihood tests and benchmarks: 1x8x8 images in GFF noise ------------------
+SHAPE = (1, 8, 8)  # D = 64: the dense float64 references stay cheap
+
+
+def gff_cov(shape: tuple[int, int, int] = SHAPE, power: float = 1.0) -> GFFCovariance:
+    """The GFF noise covariance of the problems (MATH.md 1): power 1 on 1x8x8 images unless told otherwise."""
+    return GFFCovariance(shape, power=power)
+
+
+def oracle_sde(name: str, cov: Covariance, **options) -> SDE:
+    """The SDE class `name` with its default hyper-parameters: nivp, subvp, nive with noise covariance `cov` (so
+    'subvp' is sub-VP in GFF noise, unlike sde_lib.make_sde's isotropic one), and the isotropic classes vp (VPSDE)
+    and ve (VESDE) on cov's image shape. `options` (e.g. N) go to the constructor."""
+    if name in ("vp", "ve"):
+        return {"vp": VPSDE, "ve": VESDE}[name](shape=cov.shape, **options)
+    return {"nivp": NIVPSDE, "subvp": SubVPSDE, "nive": NIVESDE}[name](cov=cov, **options)

@@ -45,10 +45,14 @@ class ScoreModel:
             scale = sde.marginal
         self.scale = scale
 
-    def _eps(self, x: Tensor, t: Tensor, scale: Scale) -> tuple[Tensor, Tensor]:
-        """(eps_n, s): eps at the network's trained scale (a, s), or at `scale` when it has none."""
+    def _eps(self, x: Tensor, t: Tensor, scale: Scale) -> tuple[Tensor, Tensor | None]:
+        """(eps_n, s): eps at the network's trained scale (a, s), or at `scale` when it has none; s is None for
+        an "eps" network, whose output needs no scale (it is looked up only to convert)."""
+        out = self.network(x, t)
+        if self.prediction == "eps":
+            return out.to(x.dtype), None
         a, s = (self.scale or scale)(t)
-        return eps_from_prediction(self.prediction, self.network(x, t), x, a, s, self.sde.cov), s
+        return eps_from_prediction(self.prediction, out, x, a, s, self.sde.cov), s
 
     def eps(self, x: Tensor, t: Tensor, scale: Scale | None = None) -> Tensor:
         """eps' = -s' Sigma^{1/2} score(x, t) at the noise scale s' of `scale` (default: the SDE's marginal std)."""
@@ -56,6 +60,7 @@ class ScoreModel:
         eps, s = self._eps(x, t, scale)
         if self.scale is None or self.scale == scale:
             return eps
+        s = self.scale(t)[1] if s is None else s
         return eps * (scale(t)[1] / s)[:, None, None, None]
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
@@ -67,6 +72,7 @@ class ScoreModel:
         if self.prediction == "u":
             return self.network(x, t).to(x.dtype) / self.scale(t)[1][:, None, None, None]
         eps, s = self._eps(x, t, self.sde.marginal)
+        s = (self.scale or self.sde.marginal)(t)[1] if s is None else s
         return kernels.score_scale(eps, s, self.sde.cov)
 
 

@@ -77,11 +77,7 @@ def sample_als(
         alpha = eps_step * sigma**2 / sigma_last**2
         for _ in range(n_steps_each):
             x = run.update(x, run.eps(x, t), 1.0, -alpha / sigma * float(scale[i]), math.sqrt(2 * alpha), i, t)
-    if denoise:  # Tweedie: x + sigma_L^2 Sigma s(x, sigma_L) = x - sigma_L Sigma^{1/2} eps
-        t = run.time(float(times[-1]))
-        c_x, c_eps = run.sde.denoise_coefficients(t)
-        x = run.update(x, run.eps(x, t), c_x, c_eps * float(scale[-1]), 0.0, "denoise", t)
-    return x
+    return _denoise(run, x, float(times[-1]), float(scale[-1]), "denoise") if denoise else x
 
 
 def sample_cas(
@@ -102,12 +98,18 @@ def sample_cas(
     ratio = float(sigmas[0] / sigmas[1])
     beta = cas_noise_scale(eta, ratio)
     x = run.prior()
+    last = len(times) - 1
     for i in run.steps(range(len(times)), len(times), "cas"):
         t, sigma = float(times[i]), float(sigmas[i])
-        if i + 1 == len(times) and denoise:  # Tweedie at the last level: x + sigma_L^2 Sigma s
-            c_x, c_eps = run.sde.denoise_coefficients(run.time(t))
-            x = run.update(x, run.eps(x, t), c_x, c_eps * float(scale[i]), 0.0, i, t)
-            break
-        c_z = 0.0 if i + 1 == len(times) else beta * float(sigmas[i + 1])
+        if i == last and denoise:
+            return _denoise(run, x, t, float(scale[i]), i)
+        c_z = 0.0 if i == last else beta * float(sigmas[i + 1])
         x = run.update(x, run.eps(x, t), 1.0, -eta * sigma * float(scale[i]), c_z, i, t)
     return x
+
+
+def _denoise(run: Run, x: Tensor, t: float, scale: float, step: int | str) -> Tensor:
+    """Tweedie at the last level: x + sigma_L^2 Sigma s(x, sigma_L) = x - sigma_L Sigma^{1/2} eps (eps scaled by the
+    harmonic-mean correction `scale`), through `sde.denoise_coefficients`."""
+    c_x, c_eps = run.sde.denoise_coefficients(run.time(t))
+    return run.update(x, run.eps(x, t), c_x, c_eps * scale, 0.0, step, t)

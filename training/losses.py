@@ -96,8 +96,11 @@ class DiffusionLoss(ABC):
 
     def residual(self, model: nn.Module, sde: SDE, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """eps_theta - eps, (B, C, H, W) in eps's dtype: eps_theta from the network's prediction at scale(t)."""
+        out = model(x_t, t)
+        if self.prediction == "eps":
+            return out.to(eps.dtype) - eps
         a, s = self.scale(sde)(t)
-        return eps_from_prediction(self.prediction, model(x_t, t), x_t.to(eps.dtype), a, s, sde.cov) - eps
+        return eps_from_prediction(self.prediction, out, x_t.to(eps.dtype), a, s, sde.cov) - eps
 
     def __call__(self, model: nn.Module, sde: SDE, x0: Tensor, seed: int) -> Tensor:
         """mean over batch and pixels of residual^2 (the per-sample loss / D, MATH.md 2-4)."""

@@ -24,6 +24,11 @@ setup(
         "tqdm",
         "pillow",
         "scikit-learn",
+        "tensorboard",
+        "safetensors",
+        "matplotlib",
+        'tomli; python_version < "3.11"',
+        "tomli-w",
     ],
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],

@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-PACKAGES = ["sde_lib", "kernels", "models", "samplers", "training", "evaluation"]
+PACKAGES = ["sde_lib", "kernels", "models", "samplers", "training", "evaluation", "nidiff_cli"]
 
 setup(
     name="nidiff",
@@ -13,6 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=[f"{p}*" for p in PACKAGES]),
     py_modules=["run"],
+    entry_points={"console_scripts": ["nidiff = nidiff_cli:main"]},
     install_requires=[
         "torch>=2.4",
         "torchvision",

@@ -19,8 +19,9 @@ from .digits_classifier import (
 )
 from .digits_metric import DIGITS_SHAPE, DigitsMetric
 from .frechet import frechet_distance, frechet_distance_of_features, gaussian_fit
-from .images import save_grid, save_png_folder, to_uint8
+from .images import render_rows, save_grid, save_png_folder, save_samples_npz, to_uint8
 from .knn_precision_recall import knn_radii, manifold_coverage, precision_recall
+from .report import mean_and_sem, table_markdown
 
 __all__ = [
     "MODES",
@@ -44,6 +45,10 @@ __all__ = [
     "save_grid",
     "save_png_folder",
     "to_uint8",
+    "save_samples_npz",
+    "render_rows",
+    "mean_and_sem",
+    "table_markdown",
     "knn_radii",
     "manifold_coverage",
     "precision_recall",

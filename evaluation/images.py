@@ -10,11 +10,11 @@ import pathlib
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import Tensor
 from torchvision.utils import make_grid
 
-__all__ = ["to_uint8", "save_png_folder", "save_grid"]
+__all__ = ["to_uint8", "save_png_folder", "save_grid", "save_samples_npz", "render_rows"]
 
 
 def _check_images(x: Tensor) -> Tensor:
@@ -60,4 +60,37 @@ def save_grid(x: Tensor, path: str | pathlib.Path, nrow: int | None = None, upsc
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _to_pil(grid).save(path)
+    return path
+
+
+def save_samples_npz(x: Tensor, path: str | pathlib.Path) -> pathlib.Path:
+    """Write images x (N, C, H, W) in [-1, 1] as an .npz with key `samples`: uint8, N x H x W x C (the layout
+    score_sde_pytorch writes and most FID tools read)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, samples=to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
+    return path
+
+
+def render_rows(
+    rows: list[tuple[str, Tensor]], path: str | pathlib.Path, cell: int, label_width: int = 230
+) -> pathlib.Path:
+    """One labelled row of images per (label, images) entry; images in [-1, 1] are upscaled (nearest) to cells of
+    `cell` pixels."""
+    pad = 4
+    count = max(len(images) for _, images in rows)
+    width = label_width + count * (cell + pad) + pad
+    canvas = Image.new("RGB", (width, len(rows) * (cell + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, images) in enumerate(rows):
+        y = pad + r * (cell + pad)
+        draw.text((pad, y + cell // 2 - 6), label, fill=(0, 0, 0))
+        factor = max(1, cell // images.shape[-1])
+        pixels = to_uint8(images).repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+        for i, img in enumerate(pixels):
+            arr = img.expand(3, -1, -1).permute(1, 2, 0).numpy()
+            canvas.paste(Image.fromarray(arr, mode="RGB"), (label_width + pad + i * (cell + pad), y))
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
     return path

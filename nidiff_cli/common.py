@@ -172,7 +172,9 @@ def add_setting(group, flag: str, path: str, help: str, **kwargs) -> None:
     """A flag that sets the config field `path`; its default is the configuration's (the digits preset's value is
     shown in --help)."""
     shown = _get(PRESETS["digits"](), path)
-    help = f"{help} (default: {shown if shown is not None else 'the method default'}; config key {path})"
+    help = f"{help} (default: {'none' if shown is None else shown}; config key {path})"
+    if "choices" not in kwargs:
+        kwargs.setdefault("metavar", flag.lstrip("-").upper().replace("-", "_"))
     group.add_argument(flag, dest=_CFG + path, default=argparse.SUPPRESS, help=help, **kwargs)
 
 

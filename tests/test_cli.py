@@ -56,7 +56,21 @@ def main_run(tmp_path_factory):
     """The main job with a tiny budget; later tests load its checkpoint and classifier."""
     workdir = tmp_path_factory.mktemp("cli") / "main"
     args = [*TINY, "--workdir", str(workdir), "--train-steps", "30", "--batch-size", "32", "--save-every", "15"]
-    out = ok(cli("--sde", "nivp", "--sampler", "pc", *args, "--steps", "20", "--n", "40", "--bpd-images", "6"))
+    out = ok(
+        cli(
+            "--sde",
+            "nivp",
+            "--sampler",
+            "pc",
+            *args,
+            "--sample-steps",
+            "20",
+            "--num-samples",
+            "40",
+            "--bpd-images",
+            "6",
+        )
+    )
     return workdir, out
 
 
@@ -75,6 +89,11 @@ def test_main_job_writes_grid_metrics_and_summary(main_run):
         "options": {},
     }
     assert metrics["frechet_distance"] > 0 and metrics["frechet_distance_real_floor"] > 0
+    assert metrics["fd_over_floor"] == metrics["frechet_distance"] / metrics["frechet_distance_real_floor"]
+    assert metrics["interrupted"] is False and len(metrics["commit"]) == 40 and metrics["torch"] == torch.__version__
+    assert metrics["device"] == "cpu" and metrics["seed"] == 0 and len(metrics["config_sha256"]) == 16
+    samples = np.load(workdir / "samples.npz")["samples"]
+    assert samples.dtype == np.uint8 and samples.shape == (40, 8, 8, 1)
     assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
     assert sum(metrics["sample_class_histogram"]) == 40
     assert metrics["classifier_test_accuracy"] >= 0.9  # evaluation's CNN on held-out digits (about 0.97)
@@ -88,8 +107,8 @@ def test_main_job_writes_grid_metrics_and_summary(main_run):
 def test_train_resumes_from_the_newest_checkpoint(tmp_path, one_thread, capsys):
     workdir = tmp_path / "train"
     common = ["train", *TINY, "--workdir", str(workdir), "--batch-size", "16", "--save-every", "5"]
-    assert "step 10" in ok(cli(*common, "--steps", "10"))
-    assert run.main([*common, "--steps", "15"]) == 0  # in-process: the resume itself is what is tested
+    assert "step 10" in ok(cli(*common, "--train-steps", "10"))
+    assert run.main([*common, "--train-steps", "15"]) == 0  # in-process: the resume itself is what is tested
     assert "step 15" in capsys.readouterr().out
     names = sorted(p.name for p in (workdir / "checkpoints").glob("ckpt_*.pt"))
     assert names == ["ckpt_00000005.pt", "ckpt_00000010.pt", "ckpt_00000015.pt"]
@@ -97,38 +116,46 @@ def test_train_resumes_from_the_newest_checkpoint(tmp_path, one_thread, capsys):
     assert steps == sorted(set(steps)) and steps[-1] == 15  # one continuous log, no step twice
 
 
-def test_sample_writes_grid_and_one_png_per_image(main_run, tmp_path):
+def test_sample_writes_npz_grid_and_provenance(main_run, tmp_path):
     workdir, _ = main_run
-    out = ok(cli("sample", "--workdir", str(workdir), "--sampler", "ddim", "--steps", "5", "--n", "10", "--out",
-                 str(tmp_path / "imgs"), "--grid", str(tmp_path / "g.png")))  # fmt: skip
+    out = ok(cli("sample", "--workdir", str(workdir), "--sampler", "ddim", "--sample-steps", "5", "--num-samples",
+                 "10", "--out", str(tmp_path / "out")))  # fmt: skip
     assert "NFE 5 " in out
-    files = sorted(p.name for p in (tmp_path / "imgs").glob("*.png"))
-    assert files == [f"{i:06d}.png" for i in range(10)]
-    assert Image.open(tmp_path / "imgs" / "000003.png").size == (8, 8)
-    assert Image.open(tmp_path / "g.png").size == (4 * (4 * 9 + 1), 4 * (3 * 9 + 1))
+    samples = np.load(tmp_path / "out" / "samples.npz")["samples"]
+    assert samples.dtype == np.uint8 and samples.shape == (10, 8, 8, 1)  # N x H x W x C, as score_sde writes
+    assert Image.open(tmp_path / "out" / "grid.png").size == (4 * (4 * 9 + 1), 4 * (3 * 9 + 1))
+    info = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert info["samples"] == 10 and info["nfe"] == 5.0 and info["interrupted"] is False
+    assert {"commit", "torch", "device", "seed", "config_sha256"} <= set(info)
 
 
 def test_likelihood_reports_mean_and_standard_error(main_run):
     workdir, _ = main_run
-    out = ok(cli("likelihood", "--workdir", str(workdir), "--n", "5", "--rtol", "1e-3", "--atol", "1e-3"))
-    result = json.loads((workdir / "likelihood_digits_test.json").read_text())
+    out = ok(cli("likelihood", "--workdir", str(workdir), "--num-images", "5", "--rtol", "1e-3", "--atol", "1e-3",
+                 "--out", str(workdir / "lik")))  # fmt: skip
+    result = json.loads((workdir / "lik" / "likelihood.json").read_text())
     assert result["images"] == 5 and result["levels"] == 17 and result["divergence"] == "rademacher"
+    assert len(result["per_image"]) == 5 and result["bits_per_dim"] == pytest.approx(np.mean(result["per_image"]))
     assert 0 < result["bits_per_dim"] < 20 and result["standard_error"] > 0
     assert f"{result['bits_per_dim']:.4f}" in out
 
 
 def test_fid_with_the_digits_feature_space(main_run, one_thread):
     workdir, _ = main_run
-    out = ok(cli("fid", "--workdir", str(workdir), "--sampler", "ddpm", "--steps", "4", "--n", "12"))
-    result = json.loads((workdir / "fid_ddpm_4.json").read_text())
-    assert result["metric"] == "digits" and result["nfe"] == 4.0
-    assert len(list((workdir / "fid" / "ddpm_4").glob("*.png"))) == 12
+    out = ok(cli("fid", "--workdir", str(workdir), "--sampler", "ddpm", "--sample-steps", "4", "--num-samples", "12"))
+    result = json.loads((workdir / "fid" / "fid.json").read_text())
+    assert result["metric"] == "digits" and result["nfe"] == 4.0 and "config_sha256" in result
+    assert len(list((workdir / "fid" / "samples").glob("*.png"))) == 12
     assert result["fid"] > 0 and 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
     assert np.isfinite(result["kid"]) and "FD (digits features)" in out
     # Scoring the held-out reference folder against itself (in-process): FD 0 and P = R = 1.
     ref = workdir / "fid" / "reference_digits_test"
-    assert run.main(["fid", "--workdir", str(workdir), "--images", str(ref), "--ref", str(ref)]) == 0
-    same = json.loads((workdir / f"fid_{ref.name}.json").read_text())
+    out_dir = workdir / "fid_same"
+    assert (
+        run.main(["fid", "--workdir", str(workdir), "--images", str(ref), "--ref", str(ref), "--out", str(out_dir)])
+        == 0
+    )
+    same = json.loads((out_dir / "fid.json").read_text())
     assert abs(same["fid"]) < 1e-6 and same["precision"] == same["recall"] == 1.0
 
 
@@ -154,7 +181,7 @@ def test_table_runs_the_protocol_grid(main_run, tmp_path):
     workdir.mkdir()
     shutil.copy(main_run[0] / "digits_classifier.pt", workdir)  # the cache is valid for the same digits split
     out = ok(cli("table", *TINY, "--workdir", str(workdir), "--train-steps", "8", "--batch-size", "16",
-                 "--steps", "6,3", "--n", "16", "--samplers", "ddpm,dpm2m"))  # fmt: skip
+                 "--sample-steps", "6,3", "--num-samples", "16", "--samplers", "ddpm,dpm2m"))  # fmt: skip
     with open(workdir / "table1.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["sde"], r["sampler"], r["steps"]) for r in rows] == [
@@ -177,7 +204,7 @@ def test_table_runs_the_protocol_grid(main_run, tmp_path):
 
 def test_noise_picture_gets_smoother_with_the_gff_power(tmp_path):
     out_png = tmp_path / "noise.png"
-    ok(cli("noise", "--size", "32", "--count", "3", "--powers", "0.5,1,2", "--out", str(out_png)))
+    ok(cli("noise", "--size", "32", "--count", "3", "--powers", "0.5,1,2", "--out", str(tmp_path)))
     img = np.asarray(Image.open(out_png).convert("L")).astype(np.float64)
     cell, pad, label = 64, 4, 230
     rows = 1 + 3 + 2  # white, three powers, data-matched noise, real digits
@@ -209,14 +236,25 @@ def test_bad_arguments_exit_2_with_one_line_on_stderr(tmp_path):
     [
         (["--sde", "vp", "--sampler", "als"], ["--sampler als", "VE"]),
         (["--sde", "nive", "--sampler", "ddpm"], ["--sampler ddpm", "VP"]),
-        (["sample", "--steps", "0"], ["--steps", ">= 1"]),
+        (["sample", "--sample-steps", "0"], ["--sample-steps", ">= 1"]),
         (["table", "--samplers", "ddpm,euler"], ["--samplers", "euler"]),
         (["train", "--dataset", "folder"], ["--data-root"]),
         (["train", "--dataset", "folder", "--data-root", "no/such/dir"], ["no/such/dir", "does not exist"]),
         (["sample"], ["runs/digits_nivp", "does not exist"]),
         (["fid", "--images", "no/such/dir"], ["--images", "not a directory"]),
         (["noise", "--powers", "1,-2"], ["--powers"]),
-        (["sample", "--checkpoint", "bad.pt", "--n", "2"], ["bad.pt"]),
+        (["sample", "--checkpoint", "bad.pt", "--num-samples", "2"], ["bad.pt"]),
+        (["--device", "banana"], ["--device", "banana", "not a torch device"]),
+        (["--device", "cuda"], ["--device cuda", "CUDA is not available"]),
+        (["sample", "--device", "cuda:7"], ["cuda:7"]),
+        (["noise", "--device", "cuda"], ["CUDA"]),
+        (["--set", "training.lrr=1"], ["training.lrr", "did you mean 'training.lr'"]),
+        (["--set", "training.lr=fast"], ["training.lr", "float", "fast"]),
+        (["--set", "training.lr"], ["--set", "section.key=value"]),
+        (["--lr", "1e-3", "--set", "training.lr=2e-3"], ["training.lr", "both"]),
+        (["--config", "no_such.toml"], ["no_such.toml"]),
+        (["--n", "5"], ["unrecognized arguments: --n"]),
+        (["--max", "5"], ["unrecognized arguments: --max"]),
     ],
 )
 def test_bad_arguments_are_refused_in_process(args, words, tmp_path, monkeypatch, capsys):
@@ -242,6 +280,56 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
 
     evil = tmp_path / "evil.pt"
     torch.save({"step": 1, "payload": Exploit()}, evil)
-    assert run.main(["likelihood", "--checkpoint", str(evil), "--n", "2"]) == 2
+    assert run.main(["likelihood", "--checkpoint", str(evil), "--num-images", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "evil.pt" in err[0] and not marker.exists()
+
+
+def _start(args: list[str], log: pathlib.Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args], stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=ENV
+    )
+
+
+def _wait_for(predicate, proc: subprocess.Popen, seconds: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert proc.poll() is None, "the command ended before it could be interrupted"
+        assert time.monotonic() < deadline, "timed out waiting for the command to get going"
+        time.sleep(0.2)
+
+
+def test_ctrl_c_during_the_main_job_saves_and_samples_nothing(tmp_path):
+    import signal
+
+    workdir = tmp_path / "main"
+    proc = _start([*TINY, "--workdir", str(workdir), "--train-steps", "100000", "--batch-size", "8",
+                   "--set", "training.log_every=1"], tmp_path / "err.txt")  # fmt: skip
+    metrics_log = workdir / "metrics.jsonl"
+    _wait_for(lambda: metrics_log.is_file() and metrics_log.read_text().strip(), proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["interrupted"] is True and metrics["stopped_by"] == "SIGINT" and metrics["train_steps"] >= 1
+    assert list((workdir / "checkpoints").glob("ckpt_*.pt"))  # the training state is saved
+    assert not (workdir / "samples.npz").exists() and not (workdir / "samples.png").exists()
+
+
+def test_sigterm_during_sampling_writes_what_it_has(main_run, tmp_path):
+    import signal
+
+    workdir, _ = main_run
+    log = tmp_path / "err.txt"
+    proc = _start(["sample", "--workdir", str(workdir), "--sampler", "pc", "--sample-steps", "200", "--num-samples",
+                   "100000", "--sample-batch-size", "4", "--out", str(tmp_path / "s")], log)  # fmt: skip
+    _wait_for(lambda: "sampling pc" in log.read_text() and "| 4/" in log.read_text(), proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    info = json.loads((tmp_path / "s" / "samples.json").read_text())
+    samples = np.load(tmp_path / "s" / "samples.npz")["samples"]
+    assert info["interrupted"] is True and 4 <= info["samples"] < 100000 and len(samples) == info["samples"]
+    assert f"{info['samples']} of 100000" in out

@@ -478,7 +478,8 @@ def bits_per_dim(
     device: str,
     **options,
 ) -> tuple[Tensor, float]:
-    """bpd per image of integer `pixels` (samplers.bits_per_dim: bin width 2/levels, MATH.md 5) and the mean NFE."""
+    """bpd per image of integer `pixels` (samplers.bits_per_dim: bin width 2/levels, docs/math.md §5) and the mean
+    NFE."""
     score_fn = score_fn_for(model, sde, cfg.loss)
     generator = torch.Generator(device).manual_seed(seed)
     out, nfes = [], []
@@ -649,7 +650,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_likelihood(args: argparse.Namespace) -> int:
-    """Bits/dim of a split through the probability-flow ODE (MATH.md 5): mean, standard error, JSON."""
+    """Bits/dim of a split through the probability-flow ODE (docs/math.md §5): mean, standard error, JSON."""
     args.workdir = args.workdir or pathlib.Path("runs/digits_nivp")
     model, sde, cfg, source = load_run(args)
     dataset = args.dataset or cfg.dataset
@@ -883,8 +884,9 @@ def render_rows(rows: list[tuple[str, Tensor]], path: pathlib.Path, cell: int, l
 
 
 def cmd_noise(args: argparse.Namespace) -> int:
-    """White noise, GFF noise at several powers (the same white draws, coloured: g = Sigma^{1/2} eps, MATH.md
-    1.4), noise with the data's average power spectrum, and real images. Noise is shown at +-3 standard deviations."""
+    """White noise, GFF noise at several powers (the same white draws, coloured: g = Sigma^{1/2} eps,
+    docs/math.md §1.4), noise with the data's average power spectrum, and real images. Noise is shown at +-3 standard
+    deviations."""
     from models import MODEL_CONFIGS
 
     data = data_split(args.dataset, args.data_root, "train", args.download).images()

@@ -1,6 +1,6 @@
 """Fused non-isotropic noise kernels: GFF noise, forward perturbation, sampler update, score scaling.
 
-Every non-isotropic step reduces to one of (MATH.md 1.4, 2-4)
+Every non-isotropic step reduces to one of (docs/math.md §1.4, 2-4)
 
     eps, g = gff_noise(cov, n, seed)                       eps ~ N(0, I) white, g = Sigma^{1/2} eps
     x_t, eps = perturb(x0, a, s, cov, seed)                x_t = a x0 + s Sigma^{1/2} eps
@@ -85,7 +85,7 @@ def gff_noise(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """n draws: white eps ~ N(0, I) and g = Sigma^{1/2} eps ~ N(0, Sigma), each (n, *cov.shape) (MATH.md 1.4).
+    """n draws: white eps ~ N(0, I) and g = Sigma^{1/2} eps ~ N(0, Sigma), each (n, *cov.shape) (docs/math.md §1.4).
 
     `device` / `dtype` default to torch's defaults. Sample i depends only on (seed, i).
     """
@@ -94,7 +94,7 @@ def gff_noise(
 
 
 def perturb(x0: Tensor, a: Tensor | float, s: Tensor | float, cov: Covariance, seed: int) -> tuple[Tensor, Tensor]:
-    """x_t = a x0 + s Sigma^{1/2} eps with eps = gff_noise(cov, B, seed)'s eps; returns (x_t, eps) (MATH.md 2-4).
+    """x_t = a x0 + s Sigma^{1/2} eps with eps = gff_noise(cov, B, seed)'s eps; returns (x_t, eps) (docs/math.md §2-4).
 
     x0: (B, C, H, W); a, s: (B,) tensors or numbers (NI-DDPM: sqrt(abar_t), sqrt(1 - abar_t); NI-VE: 1, sigma).
     """
@@ -111,7 +111,7 @@ def ni_update(
     cov: Covariance,
     seed: int | None,
 ) -> Tensor:
-    """x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z), z = gff_noise(cov, B, seed)'s eps (MATH.md 2-4).
+    """x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z), z = gff_noise(cov, B, seed)'s eps (docs/math.md §2-4).
 
     The common form of ancestral, DDIM, Euler-Maruyama, reverse-diffusion and probability-flow steps.
     c_*: (B,) tensors or numbers. c_z = 0 gives no noise; seed=None is allowed only then.
@@ -121,7 +121,7 @@ def ni_update(
 
 
 def score_scale(eps_theta: Tensor, s: Tensor | float, cov: Covariance) -> Tensor:
-    """Score of an eps-model: -Sigma^{-1/2} eps_theta / s, s the marginal std, (B,) or a number (MATH.md 2-4).
+    """Score of an eps-model: -Sigma^{-1/2} eps_theta / s, s the marginal std, (B,) or a number (docs/math.md §2-4).
 
     Raises ValueError for a singular covariance.
     """

@@ -1,4 +1,4 @@
-"""The white-noise rule shared by both backends: counter-based Philox4x64-10 + Box-Muller (MATH.md 1.4).
+"""The white-noise rule shared by both backends: counter-based Philox4x64-10 + Box-Muller (docs/math.md §1.4).
 
 Noise is a pure function of (seed, sample index, position): a sample's noise does not depend on the batch it
 is drawn in, and the torch reference and the Triton kernels produce the same numbers. The rule, for B samples

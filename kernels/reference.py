@@ -28,7 +28,8 @@ def gff_noise(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """n draws of GFF (Sigma-coloured) noise: white eps ~ N(0, I) and g = Sigma^{1/2} eps ~ N(0, Sigma) (MATH.md 1.4).
+    """n draws of GFF (Sigma-coloured) noise: white eps ~ N(0, I) and g = Sigma^{1/2} eps ~ N(0, Sigma)
+    (docs/math.md §1.4).
 
     Shapes (n, *cov.shape). `dtype` defaults to torch's default dtype, `device` to torch's default device.
     """
@@ -38,7 +39,7 @@ def gff_noise(
 
 
 def perturb(x0: Tensor, a: Tensor | float, s: Tensor | float, cov: Covariance, seed: int) -> tuple[Tensor, Tensor]:
-    """Forward perturbation x_t = a x0 + s Sigma^{1/2} eps, eps ~ N(0, I) white; returns (x_t, eps) (MATH.md 2-4).
+    """Forward perturbation x_t = a x0 + s Sigma^{1/2} eps, eps ~ N(0, I) white; returns (x_t, eps) (docs/math.md §2-4).
 
     a, s: per-sample coefficients, (B,) tensors or numbers (e.g. a = sqrt(abar_t), s = sqrt(1 - abar_t) for
     NI-DDPM, a = 1, s = sigma for NI-VE). eps is gff_noise(cov, B, seed)'s eps.
@@ -62,7 +63,7 @@ def ni_update(
     cov: Covariance,
     seed: int | None,
 ) -> Tensor:
-    """One non-isotropic sampler step x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z) (MATH.md 2-4).
+    """One non-isotropic sampler step x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z) (docs/math.md §2-4).
 
     z ~ N(0, I) white is gff_noise(cov, B, seed)'s eps. c_*: per-sample (B,) tensors or numbers. seed=None (only
     with c_z zero) or c_z = 0 (a number) is a deterministic step: no noise is drawn.
@@ -82,7 +83,7 @@ def ni_update(
 
 
 def score_scale(eps_theta: Tensor, s: Tensor | float, cov: Covariance) -> Tensor:
-    """The score of an eps-model, -Sigma^{-1/2} eps_theta / s (MATH.md 2-4); s: marginal std, (B,) or a number.
+    """The score of an eps-model, -Sigma^{-1/2} eps_theta / s (docs/math.md §2-4); s: marginal std, (B,) or a number.
 
     Raises ValueError for a singular covariance (no Sigma^{-1/2}).
     """

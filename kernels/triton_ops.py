@@ -1,12 +1,12 @@
 """Fused Triton kernels for the four operations of `kernels` (same signatures as `kernels.reference`).
 
-All four are one fused step (MATH.md 1.4, 2-4)
+All four are one fused step (docs/math.md §1.4, 2-4)
 
     out = alpha x + Sigma^p (beta u + gamma z),      z = white noise of (seed, sample, position),
 
 with per-sample alpha, beta, gamma, p = 1/2 (noise, perturbation, sampler update) or -1/2 (score), and
 terms switched off at compile time when absent. Sigma^p is the spectral multiplier lambda^p of the covariance
-(MATH.md 1.3); it is applied as follows:
+(docs/math.md §1.3); it is applied as follows:
 
 * H, W <= 64: inside the kernel, one program per (sample, channel) image, as a 2-D discrete Hartley
   transform by matrix products (`tl.dot` with cos/sin tables): with C_n[k, j] = cos(2 pi k j / n) and
@@ -365,7 +365,7 @@ def gff_noise(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """White eps and g = Sigma^{1/2} eps, (n, *cov.shape) (MATH.md 1.4); see kernels.reference.gff_noise."""
+    """White eps and g = Sigma^{1/2} eps, (n, *cov.shape) (docs/math.md §1.4); see kernels.reference.gff_noise."""
     cov, shape, n, seed, device, dtype = noise_request(cov, n, seed, device, dtype)
     eps = torch.empty((n, *shape), dtype=dtype, device=device)
     g = torch.empty_like(eps)
@@ -375,7 +375,7 @@ def gff_noise(
 
 
 def perturb(x0: Tensor, a: Tensor | float, s: Tensor | float, cov: Covariance, seed: int) -> tuple[Tensor, Tensor]:
-    """x_t = a x0 + s Sigma^{1/2} eps and eps (MATH.md 2-4); see kernels.reference.perturb."""
+    """x_t = a x0 + s Sigma^{1/2} eps and eps (docs/math.md §2-4); see kernels.reference.perturb."""
     cov = check_cov(cov)
     x0 = check_images(x0, cov, "x0")
     B, work = x0.shape[0], compute_dtype(x0.dtype)
@@ -397,7 +397,7 @@ def ni_update(
     cov: Covariance,
     seed: int | None,
 ) -> Tensor:
-    """x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z) (MATH.md 2-4); see kernels.reference.ni_update."""
+    """x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z) (docs/math.md §2-4); see kernels.reference.ni_update."""
     cov = check_cov(cov)
     x = check_images(x, cov, "x")
     eps_theta = check_like(eps_theta, x, "eps_theta", "x")
@@ -422,7 +422,7 @@ def ni_update(
 
 
 def score_scale(eps_theta: Tensor, s: Tensor | float, cov: Covariance) -> Tensor:
-    """-Sigma^{-1/2} eps_theta / s (MATH.md 2-4); see kernels.reference.score_scale."""
+    """-Sigma^{-1/2} eps_theta / s (docs/math.md §2-4); see kernels.reference.score_scale."""
     cov = check_cov(cov)
     eps_theta = check_images(eps_theta, cov, "eps_theta")
     B, work = eps_theta.shape[0], compute_dtype(eps_theta.dtype)

@@ -1,4 +1,4 @@
-"""Score networks: the eps-predicting U-Net and its named configurations (MATH.md 2-4)."""
+"""Score networks: the eps-predicting U-Net and its named configurations (docs/math.md §2-4)."""
 
 from __future__ import annotations
 

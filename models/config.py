@@ -24,7 +24,8 @@ class UNetConfig:
     resample_with_conv down-sampling by a stride-2 3x3 conv (else 2x2 average pooling); up-sampling is nearest
                        neighbour followed by a 3x3 conv (else nothing).
     skip_rescale       divide every residual sum by sqrt(2) (DDPM++).
-    conditional        use the time embedding; False gives a network u(x) of the image alone (NCSN form, MATH.md 4).
+    conditional        use the time embedding; False gives a network u(x) of the image alone
+                       (NCSN form, docs/math.md §4).
     num_groups         GroupNorm groups; must divide every channel count.
     """
 

@@ -1,6 +1,6 @@
-"""The eps-predicting U-Net (DDPM / DDPM++ class) shared by every SDE (MATH.md 2-4).
+"""The eps-predicting U-Net (DDPM / DDPM++ class) shared by every SDE (docs/math.md §2-4).
 
-eps_theta(x, t) predicts the *white* noise eps of x_t = a(t) x_0 + std(t) Sigma^{1/2} eps (MATH.md 2, 3); the
+eps_theta(x, t) predicts the *white* noise eps of x_t = a(t) x_0 + std(t) Sigma^{1/2} eps (docs/math.md §2, 3); the
 covariance is applied outside the network, so one network class serves isotropic and non-isotropic SDEs.
 Time is continuous, t in [0, 1]; discrete NI-DDPM training passes t = i / (N - 1) for the step index i.
 """

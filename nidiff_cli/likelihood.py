@@ -1,4 +1,4 @@
-"""`run.py likelihood`: bits/dim of a data split through the probability-flow ODE (docs: MATH.md 5)."""
+"""`run.py likelihood`: bits/dim of a data split through the probability-flow ODE (docs/math.md §5)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Rows of the same white draws, coloured: g = Sigma^{1/2} eps (MATH.md 1.4); noise shown at +-3 std."""
+    """Rows of the same white draws, coloured: g = Sigma^{1/2} eps (docs/math.md §1.4); noise shown at +-3 std."""
     cfg = resolve_config(args)
     data = data_split(cfg.data.dataset, cfg.data.root, "train", args.download).images()
     shape = (data.shape[1], args.size, args.size)

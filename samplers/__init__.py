@@ -1,4 +1,4 @@
-"""Samplers and likelihoods for SDEs with non-isotropic Gaussian noise (MATH.md 2-5).
+"""Samplers and likelihoods for SDEs with non-isotropic Gaussian noise (docs/math.md §2-5).
 
     x, nfe = samplers.sample(sde, score_fn, shape, method="pc", steps=None, generator=None, progress=False,
                              device=None, dtype=None, **options)

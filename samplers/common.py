@@ -1,6 +1,6 @@
 """What every sampler shares: the model as a ScoreModel, the update step, seeds, checks and time grids.
 
-Every sampler step in this package is one call of `kernels.ni_update` (MATH.md 2-4):
+Every sampler step in this package is one call of `kernels.ni_update` (docs/math.md §2-4):
 
     x_next = c_x x + Sigma^{1/2} (c_eps eps + c_z z),     z ~ N(0, I) white noise from a per-step seed,
 
@@ -58,7 +58,7 @@ def check_eps(sde: SDE, eps: float) -> float:
 
 
 def probability_flow_drift(sde: SDE, eps_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor) -> Tensor:
-    """dx/dt = f(x, t) - 1/2 g(t)^2 Sigma s = f(x, t) + g^2 / (2 std) Sigma^{1/2} eps(x, t) (MATH.md 3, 4).
+    """dx/dt = f(x, t) - 1/2 g(t)^2 Sigma s = f(x, t) + g^2 / (2 std) Sigma^{1/2} eps(x, t) (docs/math.md §3, 4).
 
     eps_fn(x, t) is the model's eps at the marginal std. The coefficients are the reverse ODE's
     (`sde.reverse(..., probability_flow=True).coefficients`); one `kernels.ni_update` with c_x = 1 and no noise

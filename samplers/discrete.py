@@ -1,8 +1,8 @@
-"""NI-DDPM ancestral sampling and NI-DDIM on the discrete schedule of a VP SDE (MATH.md 2).
+"""NI-DDPM ancestral sampling and NI-DDIM on the discrete schedule of a VP SDE (docs/math.md §2).
 
 Discrete index and time: level i in {0, .., N-1} is DDPM's timestep i + 1 (`sde.discrete_alphas_cumprod()`,
 index i = t - 1), and the model is evaluated at the continuous time t_i = (i + 1) T / N, for which
-sde.discrete_index(t_i) = i exactly (the level sde.discretize uses there) and beta(t_i) ~ N beta_i (MATH.md 3).
+sde.discrete_index(t_i) = i exactly (the level sde.discretize uses there) and beta(t_i) ~ N beta_i (docs/math.md §3).
 K < N steps use the evenly spaced levels tau_k = floor((k + 1) N / K) - 1, k = 0..K-1 (so tau_{K-1} = N - 1),
 with abar'_k = abar_{tau_k}, abar'_{-1} = 1 and beta'_k = 1 - abar'_k / abar'_{k-1}.
 
@@ -48,7 +48,7 @@ def level_time(sde, level: int) -> float:
 
 
 def ddpm_coefficients(abar: float, abar_prev: float, var: str = "posterior") -> tuple[float, float, float]:
-    """(c_x, c_eps, c_z) of the NI-DDPM step abar -> abar_prev (module docstring; MATH.md 2)."""
+    """(c_x, c_eps, c_z) of the NI-DDPM step abar -> abar_prev (module docstring; docs/math.md §2)."""
     if var not in VARIANCES:
         raise ValueError(f"var must be one of {VARIANCES}, got {var!r}")
     beta = 1 - abar / abar_prev
@@ -58,7 +58,7 @@ def ddpm_coefficients(abar: float, abar_prev: float, var: str = "posterior") -> 
 
 
 def ddim_coefficients(abar: float, abar_prev: float, eta: float = 0.0) -> tuple[float, float, float]:
-    """(c_x, c_eps, c_z) of the NI-DDIM step abar -> abar_prev (module docstring; MATH.md 2)."""
+    """(c_x, c_eps, c_z) of the NI-DDIM step abar -> abar_prev (module docstring; docs/math.md §2)."""
     sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
     c_x = math.sqrt(abar_prev / abar)
     c_eps = math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) - c_x * math.sqrt(1 - abar)

@@ -1,4 +1,5 @@
-"""DPM-Solver++(2M): a multistep exponential integrator of the probability-flow ODE, for Sigma != I (MATH.md 3, 4).
+"""DPM-Solver++(2M): a multistep exponential integrator of the probability-flow ODE, for Sigma != I
+(docs/math.md §3, 4).
 
 Derivation. Every SDE here is linear, x_t | x_0 ~ N(a(t) x_0, std(t)^2 Sigma) with drift f(t) x, f = d log a / dt,
 and g^2 = d std^2/dt - 2 f std^2 = -2 std^2 d lambda/dt for the half log-SNR lambda(t) = log(a / std). With

@@ -1,6 +1,6 @@
-"""Log-likelihood through the probability-flow ODE, and bits per dimension (MATH.md 5, 5.1).
+"""Log-likelihood through the probability-flow ODE, and bits per dimension (docs/math.md §5, 5.1).
 
-With the probability-flow drift f~(x, t) = f(x, t) + g^2 / (2 std) Sigma^{1/2} eps(x, t) (MATH.md 3, 4), integrate
+With the probability-flow drift f~(x, t) = f(x, t) + g^2 / (2 std) Sigma^{1/2} eps(x, t) (docs/math.md §3, 4), integrate
 x and its divergence forward from x(eps) = data to t = T with torchdiffeq:
 
     log p_eps(x) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt.
@@ -88,7 +88,7 @@ def log_likelihood(
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, int]:
-    """(log p(x) in nats per sample (B,), x carried to time T, number of score evaluations) (MATH.md 5).
+    """(log p(x) in nats per sample (B,), x carried to time T, number of score evaluations) (docs/math.md §5).
 
     `prior_logp(z)` replaces sde.prior_logp (e.g. the exact end-point density). Works in float32 and float64.
     """
@@ -135,7 +135,7 @@ def bits_per_dim(
     dtype: torch.dtype | None = None,
     **likelihood_options,
 ) -> tuple[Tensor, int]:
-    """(bpd per image (B,), score evaluations) of integer images with `levels` grey levels (MATH.md 5).
+    """(bpd per image (B,), score evaluations) of integer images with `levels` grey levels (docs/math.md §5).
 
     y = (n + u) 2 / levels - 1 (sde_lib.dequantize) with u ~ U[0, 1)^D from likelihood_options["generator"]
     (dequantize=True) or u = 1/2 (the bin centre); bpd = -log p(y) / (D ln 2) + log2(levels / 2)

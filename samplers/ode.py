@@ -1,4 +1,4 @@
-"""Probability-flow ODE sampling with torchdiffeq (MATH.md 3, 4).
+"""Probability-flow ODE sampling with torchdiffeq (docs/math.md §3, 4).
 
     dx/dt = f(x, t) - 1/2 g(t)^2 Sigma grad log p_t(x) = f(x, t) + g^2 / (2 std) Sigma^{1/2} eps(x, t),
 

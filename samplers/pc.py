@@ -1,4 +1,5 @@
-"""Predictor-corrector samplers of the reverse SDE (score_sde_pytorch's, with Sigma^{1/2}-coloured noise; MATH.md 3, 4).
+"""Predictor-corrector samplers of the reverse SDE (score_sde_pytorch's, with Sigma^{1/2}-coloured noise;
+docs/math.md §3, 4).
 
 Time grid: the model is evaluated at t_k = linspace(T, eps, steps)[k]; predictor step k moves from t_k to t_{k+1}
 (t_steps = 0), after `n_corrector` corrector steps at t_k. With eps = T / N and steps = N the grid is the
@@ -13,7 +14,7 @@ eps = -std Sigma^{1/2} s (so Sigma s = -Sigma^{1/2} eps / std):
       VP:  x <- (x + beta_i Sigma s) / sqrt(1 - beta_i) + sqrt(beta_i) Sigma^{1/2} z
       VE:  x <- x + (sigma_i^2 - sigma_{i-1}^2) Sigma s
                   + sqrt(sigma_{i-1}^2 (sigma_i^2 - sigma_{i-1}^2) / sigma_i^2) Sigma^{1/2} z
-* langevin corrector (preconditioned by Sigma, which leaves p_t invariant; MATH.md 4):
+* langevin corrector (preconditioned by Sigma, which leaves p_t invariant; docs/math.md §4):
       x <- x + e Sigma s + sqrt(2 e) Sigma^{1/2} z,  e = 2 alpha (snr ||z|| / ||Sigma^{1/2} s||)^2,
   with the whitened score norm ||Sigma^{1/2} s|| = ||eps|| / std, ||z|| replaced by its root mean square sqrt(D),
   both per sample (score_sde_pytorch averages the norms over the batch, which couples the samples);
@@ -50,7 +51,7 @@ def sample_pc(
     denoise: bool = True,
     eps: float = DEFAULT_EPS,
 ) -> Tensor:
-    """Predictor-corrector sampling of the reverse SDE from N(0, c^2 Sigma) (module docstring; MATH.md 3, 4)."""
+    """Predictor-corrector sampling of the reverse SDE from N(0, c^2 Sigma) (module docstring; docs/math.md §3, 4)."""
     sde = run.sde
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")

@@ -1,4 +1,4 @@
-"""A trained network as the samplers see it: what it predicts and the noise scale it was trained at (MATH.md 2-4).
+"""A trained network as the samplers see it: what it predicts and the noise scale it was trained at (docs/math.md §2-4).
 
 The score grad log p_t(x) is the invariant between any trainer and any sampler. A network trained on
 x = a x0 + s Sigma^{1/2} eps with scales (a, s) = `scale(t)` predicts one of sde_lib.PREDICTIONS; its white-noise
@@ -64,7 +64,7 @@ class ScoreModel:
         return eps * (scale(t)[1] / s)[:, None, None, None]
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        """The score grad log p_t(x) = -Sigma^{-1/2} eps_n / s (MATH.md 2, 3); t is a (B,) tensor or a number."""
+        """The score grad log p_t(x) = -Sigma^{-1/2} eps_n / s (docs/math.md §2, 3); t is a (B,) tensor or a number."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
         if self.prediction == "score":
@@ -77,7 +77,7 @@ class ScoreModel:
 
 
 def score_fn_from_eps(sde: SDE, eps_model: Network) -> ScoreModel:
-    """The score model of a white-noise predictor: score = -Sigma^{-1/2} eps_model(x, t) / std(t) (MATH.md 2, 3).
+    """The score model of a white-noise predictor: score = -Sigma^{-1/2} eps_model(x, t) / std(t) (docs/math.md §2, 3).
 
     Samplers use eps_model's output unconverted at their own noise scale (`scale=None`).
     """

@@ -1,4 +1,4 @@
-"""NI-SMLD samplers for the VE family: annealed Langevin (ALS) and consistent annealed sampling (CAS) (MATH.md 4).
+"""NI-SMLD samplers for the VE family: annealed Langevin (ALS) and consistent annealed sampling (CAS) (docs/math.md §4).
 
 Noise levels: sigma_i = std(t_i) at t_i = linspace(T, eps, steps)[i], a geometric sequence from sigma(T) = sigma_max
 down to sigma_L = sigma(eps) ~ sigma_min (the model is only evaluated inside [eps, T]). With eps = -sigma_i Sigma^{1/2}
@@ -15,7 +15,7 @@ score the white-noise prediction at level i (so sigma_i^2 Sigma s = -sigma_i Sig
   and at the last level no noise, with eta = 1 when denoise=True (Tweedie: x + sigma_L^2 Sigma s(x, sigma_L)).
 
 denoise=True ends ALS with x <- x + sigma_L^2 Sigma s(x, sigma_L) (one more evaluation). harmonic_mean=True applies the
-correction s <- (sigma_H / sigma) s of MATH.md 4 (E.11), sigma_H the harmonic mean of sde.smld_sigmas() (the
+correction s <- (sigma_H / sigma) s of docs/math.md §4 (E.11), sigma_H the harmonic mean of sde.smld_sigmas() (the
 training levels); it is meant for unconditional (NCSN-style) models only.
 
 Defaults: eps_step = 6.2e-6 and n_steps_each = 5 are NCSNv2's CIFAR-10 values (sigma_L = 0.01, so eta ~ 0.06); CAS

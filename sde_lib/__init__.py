@@ -1,4 +1,4 @@
-"""The mathematical core of nidiff: noise covariances and SDEs (MATH.md 1-4)."""
+"""The mathematical core of nidiff: noise covariances and SDEs (docs/math.md §1-4)."""
 
 from .covariance import Covariance, GFFCovariance, IdentityCovariance, SpectralCovariance, frequency_norm
 from .factory import COLOURED_SDE_NAMES, SDE_NAMES, make_sde

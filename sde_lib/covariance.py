@@ -1,11 +1,11 @@
-"""Stationary Gaussian noise covariances, diagonal in the 2-D Fourier basis (MATH.md 1).
+"""Stationary Gaussian noise covariances, diagonal in the 2-D Fourier basis (docs/math.md §1).
 
 A covariance Sigma over images x in R^{C x H x W} acts per channel as
 
-    Sigma^a x = ifft2(lambda^a * fft2(x)).real                      (MATH.md 1.3)
+    Sigma^a x = ifft2(lambda^a * fft2(x)).real                      (docs/math.md §1.3)
 
 where lambda (shape (C, H, W), unshifted fft order, even under k -> -k) is its spectrum, normalised
-so that mean_k lambda_k = 1 per channel, i.e. unit variance per pixel (MATH.md 1.2). Because lambda is
+so that mean_k lambda_k = 1 per channel, i.e. unit variance per pixel (docs/math.md §1.2). Because lambda is
 even, the real FFT (rfft2 / irfft2) computes the same operator at half the cost; that is what is used.
 
 This is the one seam through which "non-isotropic" enters nidiff: SDEs, samplers, losses and
@@ -35,7 +35,7 @@ def _check_shape(shape: Sequence[int] | None) -> tuple[int, int, int] | None:
 
 
 def frequency_norm(H: int, W: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """|k| = sqrt(k_y^2 + k_x^2) per Fourier bin, with integer indices k = fftfreq(n) * n (MATH.md 1.1).
+    """|k| = sqrt(k_y^2 + k_x^2) per Fourier bin, with integer indices k = fftfreq(n) * n (docs/math.md §1.1).
 
     Shape (H, W), unshifted fft order; even under k -> -k (mod n), Nyquist bins included.
     """
@@ -73,11 +73,11 @@ class Covariance:
         return self._power(self._check_input(x), -0.5)
 
     def quad_inv(self, x: Tensor) -> Tensor:
-        """x^T Sigma^{-1} x per leading index = ||Sigma^{-1/2} x||^2, shape x.shape[:-3] (MATH.md 1.3)."""
+        """x^T Sigma^{-1} x per leading index = ||Sigma^{-1/2} x||^2, shape x.shape[:-3] (docs/math.md §1.3)."""
         return self.inv_sqrt_mul(x).square().sum(dim=(-3, -2, -1))
 
     def logdet(self) -> Tensor:
-        """log det Sigma over all C*H*W dimensions = sum_{c,k} log lambda_{c,k}; float64 scalar (MATH.md 1.3)."""
+        """log det Sigma over all C*H*W dimensions = sum_{c,k} log lambda_{c,k}; float64 scalar (docs/math.md §1.3)."""
         self._require_invertible("logdet")
         return self.eigenvalues().log().sum()
 
@@ -88,7 +88,8 @@ class Covariance:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """n samples: white eps ~ N(0, I), shape (n, C, H, W), and g = Sigma^{1/2} eps ~ N(0, Sigma) (MATH.md 1.4)."""
+        """n samples: white eps ~ N(0, I), shape (n, C, H, W), and g = Sigma^{1/2} eps ~ N(0, Sigma)
+        (docs/math.md §1.4)."""
         if self.shape is None:
             raise ValueError("sample() needs a covariance with a known shape; construct it with shape=(C, H, W)")
         if int(n) < 0:
@@ -115,7 +116,7 @@ class Covariance:
 
     # ---- the eigenbasis --------------------------------------------------------------------
     def to_basis(self, x: Tensor) -> Tensor:
-        """Coefficients of x (..., C, H, W) in an orthonormal real eigenbasis of Sigma, same shape (MATH.md 1.3).
+        """Coefficients of x (..., C, H, W) in an orthonormal real eigenbasis of Sigma, same shape (docs/math.md §1.3).
 
         Coefficient (c, u, v) has eigenvalue `basis_eigenvalues()[c, u, v]`. Spectral covariances use the 2-D
         Hartley transform Hx = Re(F x) - Im(F x), F the unitary 2-D DFT; it is its own inverse.
@@ -198,11 +199,11 @@ class IdentityCovariance(Covariance):
 
 
 class SpectralCovariance(Covariance):
-    """Sigma = F^H diag(lambda) F per channel, for any stationary power spectrum (MATH.md 1.3).
+    """Sigma = F^H diag(lambda) F per channel, for any stationary power spectrum (docs/math.md §1.3).
 
     `spectrum` is the POWER spectrum (eigenvalues up to scale, not an amplitude filter), shape (H, W) or
     (C, H, W), in unshifted fft order, non-negative, finite and even under k -> -k (mod n). It is
-    normalised to lambda = spectrum / mean(spectrum) per channel, so diag(Sigma) = 1 (MATH.md 1.2).
+    normalised to lambda = spectrum / mean(spectrum) per channel, so diag(Sigma) = 1 (docs/math.md §1.2).
     A spectrum with zero entries gives a singular (PSD) Sigma: inverse operators and logdet refuse it.
     """
 
@@ -240,7 +241,7 @@ class SpectralCovariance(Covariance):
         """Data-matched noise: the average power spectrum of a dataset `images` (N, C, H, W).
 
         P_c(k) = mean_n |fft2(x_{n,c} - mean_{n,c}, norm="ortho")(k)|^2, each image centred per channel.
-        `smooth="radial"` averages P over bins with the same rounded |k| (MATH.md 1.1); `"none"` keeps it
+        `smooth="radial"` averages P over bins with the same rounded |k| (docs/math.md §1.1); `"none"` keeps it
         as is. The DC bin (which centring empties) takes the value of the |k| = 1 ring, the rule of
         GFF dc="one"; entries below `floor` * mean are raised to it so that Sigma stays positive definite.
         """
@@ -295,7 +296,7 @@ class SpectralCovariance(Covariance):
 
 
 class GFFCovariance(SpectralCovariance):
-    """Gaussian Free Field noise (MATH.md 1.1-1.2): amplitude m_k = |k|^{-power}, lambda = m^2 / mean(m^2).
+    """Gaussian Free Field noise (docs/math.md §1.1-1.2): amplitude m_k = |k|^{-power}, lambda = m^2 / mean(m^2).
 
     |k| is the Euclidean norm of the integer fft index. The DC bin has m_0 = 1 for dc="one" (positive
     definite; default) or m_0 = 0 for dc="zero" (singular: zero-mean noise, an ablation). power = 0 with

@@ -26,7 +26,7 @@ def make_sde(
     """The SDE `name` in {vp, subvp, ve, nivp, nive} on images of `shape` (C, H, W).
 
     vp / subvp / ve are isotropic (Sigma = I). nivp / nive use `cov` if given (e.g. a data-matched
-    SpectralCovariance), else GFF noise GFFCovariance(shape, power, dc) (MATH.md 1).
+    SpectralCovariance), else GFF noise GFFCovariance(shape, power, dc) (docs/math.md §1).
     """
     if name not in SDE_NAMES:
         raise ValueError(f"unknown SDE {name!r}; choose one of {', '.join(SDE_NAMES)}")

@@ -1,4 +1,4 @@
-"""What a network may predict, and the white noise each prediction implies (MATH.md 2-4).
+"""What a network may predict, and the white noise each prediction implies (docs/math.md §2-4).
 
 A network sees x = a x0 + s Sigma^{1/2} eps with (a, s) the per-sample signal and noise scales it was trained at
 (e.g. NI-DDPM: sqrt(abar_i), sqrt(1 - abar_i); continuous SDEs: a(t), std(t)). Each kind of output determines the
@@ -38,7 +38,8 @@ def _bc(v: Tensor | float) -> Tensor | float:
 
 
 def tweedie_coefficients(a: Tensor | float, s: Tensor | float) -> tuple[Tensor | float, Tensor | float]:
-    """(c_x, c_eps) with E[x0 | x] = c_x x + c_eps Sigma^{1/2} eps = (x - s Sigma^{1/2} eps) / a (MATH.md 2, 4)."""
+    """(c_x, c_eps) with E[x0 | x] = c_x x + c_eps Sigma^{1/2} eps = (x - s Sigma^{1/2} eps) / a
+    (docs/math.md §2, 4)."""
     return 1 / a, -s / a
 
 

@@ -1,10 +1,10 @@
-"""Discrete pixels <-> model space, and bits per dimension (MATH.md 5).
+"""Discrete pixels <-> model space, and bits per dimension (docs/math.md §5).
 
 Integer pixels n in {0, .., L-1}^D with L = `levels` grey levels map to y = (n + u) * 2/L - 1 in [-1, 1)^D,
 bin width 2/L, with u ~ U[0, 1)^D (uniform dequantisation; u = 1/2 evaluates at the bin centre). The
 Jacobian of y -> n + u is (2/L)^D, so a density p_y in model space gives
 
-    bpd = -log p_y(y) / (D ln 2) + log2(L / 2)       (= ... + 7 for L = 256, MATH.md 5).
+    bpd = -log p_y(y) / (D ln 2) + log2(L / 2)       (= ... + 7 for L = 256, docs/math.md §5).
 """
 
 from __future__ import annotations

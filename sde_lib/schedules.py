@@ -1,4 +1,4 @@
-"""Discrete noise schedules shared by the SDEs, NI-DDPM and NI-SMLD (MATH.md 2 and 4)."""
+"""Discrete noise schedules shared by the SDEs, NI-DDPM and NI-SMLD (docs/math.md §2 and 4)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class DDPMSchedule:
 
 
 def ddpm_schedule(beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> DDPMSchedule:
-    """The discrete DDPM schedule of the VP family: beta_t linear from beta_min/N to beta_max/N (MATH.md 2, 3).
+    """The discrete DDPM schedule of the VP family: beta_t linear from beta_min/N to beta_max/N (docs/math.md §2, 3).
 
     With the defaults (0.1, 20, 1000) this is DDPM's linear 1e-4 .. 0.02 over T = 1000 steps, and
     beta(t) ~ N * beta_{tN} links it to the continuous NIVP SDE.
@@ -40,7 +40,7 @@ def ddpm_schedule(beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) 
 
 
 def geometric_sigmas(sigma_min: float, sigma_max: float, N: int) -> Tensor:
-    """N noise levels exp(linspace(log sigma_min, log sigma_max, N)), increasing (MATH.md 4), float64."""
+    """N noise levels exp(linspace(log sigma_min, log sigma_max, N)), increasing (docs/math.md §4), float64."""
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     if int(N) < 1:
@@ -49,7 +49,7 @@ def geometric_sigmas(sigma_min: float, sigma_max: float, N: int) -> Tensor:
 
 
 def cas_noise_scale(eta: float, ratio: float) -> float:
-    """beta_cas = sqrt(1 - r^2 (1 - eta)^2) of consistent annealed sampling (MATH.md 4, E.12).
+    """beta_cas = sqrt(1 - r^2 (1 - eta)^2) of consistent annealed sampling (docs/math.md §4, E.12).
 
     With it, (1 - eta)^2 sigma_i^2 + beta_cas^2 sigma_{i+1}^2 = sigma_{i+1}^2 for r = sigma_i / sigma_{i+1}:
     the noise after a step has exactly the next level's variance (Sigma has unit diagonal).

@@ -1,4 +1,4 @@
-"""SDEs with stationary Gaussian noise: dx = f(x, t) dt + g(t) Sigma^{1/2} dw (MATH.md 3, 4).
+"""SDEs with stationary Gaussian noise: dx = f(x, t) dt + g(t) Sigma^{1/2} dw (docs/math.md §3, 4).
 
 The interface is score_sde_pytorch's, generalised to a noise covariance `cov` (sde_lib.covariance):
 `diffusion` is the scalar g(t) per sample and the noise it multiplies is always Sigma^{1/2} z. The
@@ -91,12 +91,13 @@ class SDE(ABC):
         return self.mean_coeff(t), self.marginal_std(t)
 
     def log_snr(self, t: Tensor) -> Tensor:
-        """lambda(t) = log a(t) - log std(t), half the log signal-to-noise ratio, float64 (MATH.md 3, 4)."""
+        """lambda(t) = log a(t) - log std(t), half the log signal-to-noise ratio, float64 (docs/math.md §3, 4)."""
         t = torch.as_tensor(t, dtype=torch.float64)
         return torch.log(self.mean_coeff(t)) - torch.log(self.marginal_std(t))
 
     def denoise_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(c_x, c_eps): Tweedie's E[x_0 | x_t] = c_x x_t + c_eps Sigma^{1/2} eps, eps at std(t) (MATH.md 2, 4)."""
+        """(c_x, c_eps): Tweedie's E[x_0 | x_t] = c_x x_t + c_eps Sigma^{1/2} eps, eps at std(t)
+        (docs/math.md §2, 4)."""
         return tweedie_coefficients(*self.marginal(t))
 
     def spectral_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,12 +120,14 @@ class SDE(ABC):
         raise NotApplicableError(f"{self.name} has no discrete DDPM chain (that needs a VP-family SDE: NIVPSDE/VPSDE)")
 
     def discrete_marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(sqrt(abar_i), sqrt(1 - abar_i)) at level i = discrete_index(t): the NI-DDPM chain's scales (MATH.md 2)."""
+        """(sqrt(abar_i), sqrt(1 - abar_i)) at level i = discrete_index(t): the NI-DDPM chain's scales
+        (docs/math.md §2)."""
         abar = self.discrete_alphas_cumprod()
         return self._level(abar.sqrt(), t), self._level((1.0 - abar).sqrt(), t)
 
     def smld_sigmas(self) -> Tensor:
-        """The NI-SMLD noise levels sigma_0 < .. < sigma_{N-1} (annealed Langevin, CAS, loss 'ncsn'; MATH.md 4)."""
+        """The NI-SMLD noise levels sigma_0 < .. < sigma_{N-1} (annealed Langevin, CAS, loss 'ncsn';
+        docs/math.md §4)."""
         raise NotApplicableError(f"{self.name} has no NI-SMLD noise levels (that needs a VE-family SDE: NIVESDE/VESDE)")
 
     def ancestral_coefficients(self, t: Tensor, std: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -132,7 +135,7 @@ class SDE(ABC):
         raise NotApplicableError(f"{self.name} has no ancestral discretisation")
 
     def langevin_alpha(self, t: Tensor) -> Tensor:
-        """alpha of the Langevin corrector's step size 2 alpha (snr ...)^2 (MATH.md 4): 1 unless the SDE says."""
+        """alpha of the Langevin corrector's step size 2 alpha (snr ...)^2 (docs/math.md §4): 1 unless the SDE says."""
         return torch.ones_like(t)
 
     @property
@@ -189,12 +192,12 @@ class SDE(ABC):
         return drift * dt, diffusion * math.sqrt(dt)
 
     def reverse(self, score_fn: ScoreFn | None, probability_flow: bool = False) -> ReverseSDE:
-        """The reverse-time SDE (or probability-flow ODE) driven by score_fn(x, t) (MATH.md 3)."""
+        """The reverse-time SDE (or probability-flow ODE) driven by score_fn(x, t) (docs/math.md §3)."""
         return ReverseSDE(self, score_fn, probability_flow)
 
 
 class ReverseSDE:
-    """Reverse-time SDE dx = [f - g^2 Sigma s] dt + g Sigma^{1/2} dw_bar, integrated from T down to 0 (MATH.md 3).
+    """Reverse-time SDE dx = [f - g^2 Sigma s] dt + g Sigma^{1/2} dw_bar, integrated from T down to 0 (docs/math.md §3).
 
     With probability_flow=True it is the ODE dx = [f - g^2 Sigma s / 2] dt with zero diffusion. Written with the
     white-noise prediction eps = -std(t) Sigma^{1/2} s, the drift is f + (w g^2 / std) Sigma^{1/2} eps (w = 1, or
@@ -244,12 +247,12 @@ class ReverseSDE:
 
 
 class NIVPSDE(SDE):
-    """Non-isotropic variance-preserving SDE (MATH.md 3):
+    """Non-isotropic variance-preserving SDE (docs/math.md §3):
 
         dx = -1/2 beta(t) x dt + sqrt(beta(t)) Sigma^{1/2} dw,   beta(t) = beta_min + t (beta_max - beta_min),
         x_t | x_0 ~ N(a(t) x_0, (1 - a(t)^2) Sigma),  a(t) = exp(-1/4 t^2 (beta_max - beta_min) - 1/2 t beta_min).
 
-    Its discretisation is NI-DDPM (MATH.md 2) with the schedule `self.schedule` (sde_lib.ddpm_schedule).
+    Its discretisation is NI-DDPM (docs/math.md §2) with the schedule `self.schedule` (sde_lib.ddpm_schedule).
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000, cov: Covariance | None = None):
@@ -275,7 +278,7 @@ class NIVPSDE(SDE):
         return torch.sqrt(-torch.expm1(2.0 * self._log_mean_coeff(t)))
 
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """DDPM step: f = (sqrt(alpha_i) - 1) x, G = sqrt(beta_i), i = discrete_index(t) (MATH.md 2)."""
+        """DDPM step: f = (sqrt(alpha_i) - 1) x, G = sqrt(beta_i), i = discrete_index(t) (docs/math.md §2)."""
         beta = self._level(self.schedule.betas, _batch_t(t, x))
         return _bc(torch.sqrt(1.0 - beta) - 1.0) * x, torch.sqrt(beta)
 
@@ -338,7 +341,7 @@ class SubVPSDE(NIVPSDE):
 
 
 class NIVESDE(SDE):
-    """Non-isotropic variance-exploding SDE (MATH.md 4):
+    """Non-isotropic variance-exploding SDE (docs/math.md §4):
 
     dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) Sigma^{1/2} dw,  sigma(t) = sigma_min (sigma_max/sigma_min)^t,
     x_t | x_0 ~ N(x_0, sigma(t)^2 Sigma) (score_sde_pytorch's approximation; exactly sigma(t)^2 - sigma(0)^2),
@@ -374,7 +377,8 @@ class NIVESDE(SDE):
         return self._level(self.discrete_sigmas, t), self._level(below, t)
 
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """SMLD step: f = 0, G = sqrt(sigma_i^2 - sigma_{i-1}^2) (sigma_{-1} = 0), i = discrete_index(t) (MATH.md 4)."""
+        """SMLD step: f = 0, G = sqrt(sigma_i^2 - sigma_{i-1}^2) (sigma_{-1} = 0), i = discrete_index(t)
+        (docs/math.md §4)."""
         sigma, below = self._adjacent_sigmas(_batch_t(t, x))
         return torch.zeros_like(x), torch.sqrt(sigma**2 - below**2)
 

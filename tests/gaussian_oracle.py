@@ -1,5 +1,5 @@
 """The Gaussian oracle of the tests and benchmarks: data whose every marginal is known in closed form under every
-SDE (MATH.md 3, 4, 8.6, 8.10-8.12), with exact scores, denoisers, log-densities and the statistics of samples.
+SDE (docs/math.md §3, 4, 8.6, 8.10-8.12), with exact scores, denoisers, log-densities and the statistics of samples.
 
 Gaussian data N(m, S) (`GaussianData`, for a forward process given by its coefficients a, std and dense Sigma),
 x_t = a x_0 + std Sigma^{1/2} z:
@@ -15,7 +15,7 @@ x_t = a(t) x_0 + noise, noise ~ N(0, v(t) Sigma),
     grad log p_t(x) = -sum_k r_k(x) C_k^{-1} (x - a m_k),   r_k = softmax_k(log w_k + log N(x; a m_k, C_k)).
 
 v(t) is the EXACT noise variance of the SDE started at t = 0: v = std(t)^2 - (a(t)/a(0))^2 std(0)^2, which is
-std(t)^2 for the VP family and sigma(t)^2 - sigma(0)^2 for VE (sde.marginal_std uses sigma(t), MATH.md 4). With it
+std(t)^2 for the VP family and sigma(t)^2 - sigma(0)^2 for VE (sde.marginal_std uses sigma(t), docs/math.md §4). With it
 the probability-flow ODE carries p_t exactly, so a likelihood with the exact end-point density p_T equals log p_0.
 
 Statistics of samples against a Gaussian law, each with its exact-sampling null: `moment_statistics` (KL of the
@@ -99,7 +99,7 @@ def moment_statistics(x: Tensor, mean: Tensor, cov: Tensor) -> dict[str, float]:
 
 
 def covariance_zscores(samples: Tensor, target: Tensor, mean: Tensor | None = None) -> Tensor:
-    """Per-entry z-scores of the empirical covariance of `samples` (n, D) against `target` (D, D) (MATH.md 8.6).
+    """Per-entry z-scores of the empirical covariance of `samples` (n, D) against `target` (D, D) (docs/math.md §8.6).
 
     z_ij = (C_emp,ij - Sigma_ij) / sqrt((Sigma_ii Sigma_jj + Sigma_ij^2) / n), the Gaussian-sample standard error,
     over the D (D + 1) / 2 entries i <= j. `mean` (D,) is the known mean (zero if None); it is not re-estimated.
@@ -316,7 +316,7 @@ SHAPE = (1, 8, 8)  # D = 64: the dense float64 references stay cheap
 
 
 def gff_cov(shape: tuple[int, int, int] = SHAPE, power: float = 1.0) -> GFFCovariance:
-    """The GFF noise covariance of the problems (MATH.md 1): power 1 on 1x8x8 images unless told otherwise."""
+    """The GFF noise covariance of the problems (docs/math.md §1): power 1 on 1x8x8 images unless told otherwise."""
     return GFFCovariance(shape, power=power)
 
 

@@ -1,6 +1,6 @@
-"""sde_lib.covariance against MATH.md 1 and 7, and the tests of MATH.md 8.1-8.7.
+"""sde_lib.covariance against docs/math.md §1 and 7, and the tests of docs/math.md §8.1-8.7.
 
-References are built here from the MATH.md formulas with numpy / scipy (tests/spectra.py), never from
+References are built here from the docs/math.md formulas with numpy / scipy (tests/spectra.py), never from
 sde_lib's own FFT code: the integer fftfreq index per axis, the unitary DFT matrix applied to unit vectors,
 and the full complex ifft2(lambda^a * fft2(x)).
 """
@@ -37,7 +37,7 @@ def expected_lambda(shape, power, dc="one") -> np.ndarray:
     return np.broadcast_to(gff_eigenvalues(H, W, power, dc), shape)
 
 
-# ---- spectrum layout (MATH.md 1.1-1.2) -------------------------------------------------------------------------
+# ---- spectrum layout (docs/math.md §1.1-1.2) ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -70,7 +70,7 @@ def test_frequency_layout_of_a_non_square_image():
     assert np.unravel_index(lam.argmin(), lam.shape) == (3, 5)
 
 
-# ---- reference values (MATH.md 7) --------------------------------------------------------------------------------
+# ---- reference values (docs/math.md §7) -----------------------------------------------------------------------------
 
 
 def test_reference_values_8x8():
@@ -89,7 +89,7 @@ def test_reference_values_8x8():
 
 @pytest.mark.parametrize("power", POWERS)
 def test_condition_number_is_max_k_to_the_two_gamma(power):
-    """cond(Sigma) = (max |k|)^(2 gamma) with dc="one" (MATH.md 1.3); 8x8: max |k| = sqrt(32)."""
+    """cond(Sigma) = (max |k|)^(2 gamma) with dc="one" (docs/math.md §1.3); 8x8: max |k| = sqrt(32)."""
     lam = GFFCovariance((1, 8, 8), power=power).eigenvalues()
     assert (lam.max() / lam.min()).item() == pytest.approx(32.0**power, rel=1e-12)
 
@@ -115,7 +115,7 @@ def test_reference_values_32x32(power, lam_max, lam_min, cond, logdet):
     assert GFFCovariance((3, 32, 32), power=power).logdet().item() == pytest.approx(3 * logdet, abs=3e-2)
 
 
-# ---- MATH.md 8.1-8.5 and 8.7 ------------------------------------------------------------------------------------
+# ---- docs/math.md §8.1-8.5 and 8.7 ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -144,7 +144,8 @@ def test_symmetry_and_spectrum(shape, dc):
 
 @pytest.mark.parametrize("shape", [(1, 6, 10), (2, 7, 4)])
 def test_dense_equals_unitary_dft_construction(shape):
-    """Sigma = blockdiag_c F^H diag(lambda) F with F the unitary DFT matrix (MATH.md 1.3); a transposed axis fails."""
+    """Sigma = blockdiag_c F^H diag(lambda) F with F the unitary DFT matrix (docs/math.md §1.3); a transposed axis
+    fails."""
     dense = GFFCovariance(shape, power=1.3).dense().numpy()
     np.testing.assert_allclose(dense, dense_from_spectrum(expected_lambda(shape, 1.3)), atol=1e-13)
 
@@ -228,15 +229,15 @@ def test_dc_zero_is_singular():
         cov.logdet()
 
 
-# ---- sampler law (MATH.md 1.4, 8.6) -----------------------------------------------------------------------------
+# ---- sampler law (docs/math.md §1.4, 8.6) ---------------------------------------------------------------------------
 
-# MATH.md used 200k samples; the z-score criterion is scale-free (its null distribution does not depend on n), so
-# 50k keep it just as strict at a quarter of the cost.
+# docs/math.md §8.6 asks for 200k samples; the z-score criterion is scale-free (its null distribution does not depend
+# on n), so 50k keep it just as strict at a quarter of the cost.
 N_SAMPLES = 50_000
 
 
 def assert_law(samples: torch.Tensor, sigma: torch.Tensor):
-    """`samples` (n, D) ~ N(0, sigma), by MATH.md 8.6's per-entry z-scores over the D (D + 1) / 2 entries.
+    """`samples` (n, D) ~ N(0, sigma), by docs/math.md §8.6's per-entry z-scores over the D (D + 1) / 2 entries.
 
     The 8.6 band mean z^2 in [0.9, 1.1] presumes nearly independent entries. For a correlated Sigma the entries of
     the raw estimate are strongly correlated: for GFF 8x8, gamma = 1, mean z^2 has a null std of 0.086 (measured
@@ -265,7 +266,7 @@ def test_sampler_law_real_path():
 
 
 def test_sampler_law_complex_path():
-    """MATH.md 1.4's construction sqrt(2) Re(g_raw / sigma_N), written here from the formula, has the same law."""
+    """docs/math.md §1.4's construction sqrt(2) Re(g_raw / sigma_N), written here from the formula, has the same law."""
     H = W = 8
     m = torch.from_numpy(gff_amplitude(H, W, power=1.0))
     sigma_n = math.sqrt(2 * m.square().sum().item()) / math.sqrt(H * W)

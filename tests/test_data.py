@@ -40,7 +40,7 @@ def test_digits_pixels_levels_and_the_float_map():
     assert int(ds.pixels.min()) == 0 and int(ds.pixels.max()) == 16
     x = ds[0]
     assert x.dtype == torch.float32 and x.shape == (1, 8, 8)
-    # Bin centres of the likelihood's map (MATH.md 5): x = (n + 1/2) 2/17 - 1, inside [-1, 1].
+    # Bin centres of the likelihood's map (docs/math.md §5): x = (n + 1/2) 2/17 - 1, inside [-1, 1].
     all_x = ds.images()
     torch.testing.assert_close(all_x, dequantize(ds.pixels, 17, u=0.5).float(), rtol=0, atol=1e-6)
     assert all_x.min().item() == pytest.approx(-1 + 1 / 17) and all_x.max().item() == pytest.approx(1 - 1 / 17)

@@ -110,7 +110,7 @@ def test_white_noise_law_is_standard_normal():
 
 # ---- law and reference vs dense linear algebra ---------------------------------------------------------------
 def _covariance_z_scores(samples: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """(C_emp - Sigma) / sqrt((Sigma_ii Sigma_jj + Sigma_ij^2) / n) over the upper triangle (MATH.md 8.6)."""
+    """(C_emp - Sigma) / sqrt((Sigma_ii Sigma_jj + Sigma_ij^2) / n) over the upper triangle (docs/math.md §8.6)."""
     n = samples.shape[0]
     flat = samples.reshape(n, -1)
     emp = flat.T @ flat / n
@@ -129,7 +129,7 @@ def _hartley_basis(H: int, W: int) -> torch.Tensor:
 
 
 def test_gff_noise_law_matches_dense_covariance():
-    # MATH.md 8.6 criterion (200k samples at 8x8: max |z| < 4.5, mean z^2 in [0.9, 1.1] over the 2080 entries),
+    # docs/math.md §8.6 criterion (200k samples at 8x8: max |z| < 4.5, mean z^2 in [0.9, 1.1] over the 2080 entries),
     # for eps against I and for g against Sigma in Sigma's eigenbasis Q (real Fourier / Hartley), where
     # Q Sigma Q^T = diag(lambda). In that basis the sample-covariance entries are uncorrelated, so mean z^2 has
     # its nominal spread sqrt(2 / 2080) = 0.03. (In the pixel basis the entries of a correlated field's sample

@@ -1,4 +1,4 @@
-"""Probability-flow likelihood and bits/dim on data whose density is exact (MATH.md 5, 5.1, 8.12, 8.14, 8.15).
+"""Probability-flow likelihood and bits/dim on data whose density is exact (docs/math.md §5, 5.1, 8.12, 8.14, 8.15).
 
 With the exact score of p_t and the exact end-point density p_T as prior, the PF-ODE likelihood of x at time eps is
 log p_eps(x); with eps = 1e-8 that is log p_0(x) to far below 1e-4 nats (p_eps = p_0 convolved with noise of
@@ -32,7 +32,7 @@ def data():
 
 @pytest.mark.parametrize("name", ["nivp", "vp", "nive", "subvp", "ve"])
 def test_exact_likelihood_of_gaussian_data(cov, data, name):
-    """Exact divergence + exact end-point prior: log N(x; m, S) to 1e-4 nats (MATH.md 8.12)."""
+    """Exact divergence + exact end-point prior: log N(x; m, S) to 1e-4 nats (docs/math.md §8.12)."""
     sde = oracle_sde(name, cov)
     x = data.sample(4, torch.Generator().manual_seed(1))
     logp, z, nfe = samplers.log_likelihood(sde, data.score_fn(sde), x, prior_logp=data.end_logp(sde), **TIGHT)
@@ -87,7 +87,7 @@ def test_hutchinson_agrees_within_three_standard_errors(cov, data, divergence):
 @pytest.mark.parametrize("dequantize", [True, False])
 def test_bits_per_dim_of_a_uniform_density(cov, levels, dequantize):
     """A model uniform on [-1, 1]^D (zero score under NI-VE: the flow is the identity, prior 2^-D) has
-    bpd = log2(levels): 8 for 256 levels (MATH.md 8.14)."""
+    bpd = log2(levels): 8 for 256 levels (docs/math.md §8.14)."""
     sde = NIVESDE(cov=cov)
     pixels = torch.randint(0, levels, (3, *SHAPE), generator=torch.Generator().manual_seed(8))
 
@@ -109,7 +109,7 @@ def test_bits_per_dim_of_a_uniform_density(cov, levels, dequantize):
 
 
 def test_bits_per_dim_dequantises_with_the_generator(cov, data):
-    """bpd = -log p(y) / (D ln 2) + 7 with y = (n + u)/128 - 1, u drawn first from the generator (MATH.md 5)."""
+    """bpd = -log p(y) / (D ln 2) + 7 with y = (n + u)/128 - 1, u drawn first from the generator (docs/math.md §5)."""
     sde = NIVPSDE(cov=cov)
     pixels = torch.randint(100, 156, (2, *SHAPE), generator=torch.Generator().manual_seed(10))
     options = {"prior_logp": data.end_logp(sde), **TIGHT}
@@ -140,7 +140,8 @@ class SmallEpsNet(torch.nn.Module):
 @pytest.mark.parametrize("pair", [("nivp", "vp"), ("nive", "ve")])
 def test_whitening_equivalence(cov, pair):
     """log p^X(x) = log p^Y(Sigma^{-1/2} x) - 1/2 log det Sigma, where p^X uses the non-isotropic SDE with
-    eps_theta and p^Y the isotropic one with eps_theta(Sigma^{1/2} y, t), to solver tolerance (MATH.md 5.1, 8.15)."""
+    eps_theta and p^Y the isotropic one with eps_theta(Sigma^{1/2} y, t), to solver tolerance
+    (docs/math.md §5.1, 8.15)."""
     net = SmallEpsNet(seed=12)
     sde_x, sde_y = oracle_sde(pair[0], cov), oracle_sde(pair[1], cov)
     score_x = samplers.score_fn_from_eps(sde_x, net)

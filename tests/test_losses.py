@@ -1,4 +1,4 @@
-"""The training losses against closed forms (MATH.md 2-4, 8.9, 8.10).
+"""The training losses against closed forms (docs/math.md §2-4, 8.9, 8.10).
 
 Data are Gaussian, x_0 ~ N(m, S) on 1x4x4 images (D = 16), and the networks are linear, so every expected loss
 is analytic. With x_t = a x_0 + s L eps (L = Sigma^{1/2}) and an eps-predictor W x + b:
@@ -7,7 +7,7 @@ is analytic. With x_t = a x_0 + s L eps (L = Sigma^{1/2}) and an eps-predictor W
 
 and for the NCSN form u = W x + b:  E||L u(x_t) + eps||^2 = ||L (W m + b)||^2 + tr(L W S W^T L) + ||s L W L + I||_F^2.
 The average over noise levels is exact for the discrete losses and a quadrature (scipy.integrate.quad) for DSM.
-a(t), s(t), the DDPM schedule and the NCSN sigmas are written here from MATH.md, independently of sde_lib.
+a(t), s(t), the DDPM schedule and the NCSN sigmas are written here from docs/math.md, independently of sde_lib.
 Monte Carlo means are compared with a tolerance of 5 standard errors, estimated from the same samples.
 """
 
@@ -34,9 +34,9 @@ MC_SAMPLES = 40_000
 Z_TOL = 5.0  # standard errors
 
 
-# ---- references written from MATH.md -------------------------------------------------------------------
+# ---- references written from docs/math.md -------------------------------------------------------------------
 def vp_levels(t):
-    """a(t) = exp(-B/2), s(t) = sqrt(1 - exp(-B)), B(t) = beta_min t + t^2 (beta_max - beta_min) / 2 (MATH.md 3).
+    """a(t) = exp(-B/2), s(t) = sqrt(1 - exp(-B)), B(t) = beta_min t + t^2 (beta_max - beta_min) / 2 (docs/math.md §3).
 
     t a float or a numpy array."""
     B = BETA_MIN * t + 0.5 * t**2 * (BETA_MAX - BETA_MIN)
@@ -44,17 +44,17 @@ def vp_levels(t):
 
 
 def ve_levels(t):
-    """a = 1, s = sigma_min (sigma_max / sigma_min)^t (MATH.md 4); t a float or a numpy array."""
+    """a = 1, s = sigma_min (sigma_max / sigma_min)^t (docs/math.md §4); t a float or a numpy array."""
     return np.ones_like(t), SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** t
 
 
 def ddpm_abar(N: int) -> np.ndarray:
-    """abar_i = prod_{j<=i} (1 - beta_j), beta linear from beta_min / N to beta_max / N (MATH.md 2)."""
+    """abar_i = prod_{j<=i} (1 - beta_j), beta linear from beta_min / N to beta_max / N (docs/math.md §2)."""
     return np.cumprod(1.0 - np.linspace(BETA_MIN / N, BETA_MAX / N, N))
 
 
 def ncsn_sigmas(N: int) -> np.ndarray:
-    """The NCSN training levels sigma(t_i) at the discrete times t_i = (i + 1) / N (MATH.md 4)."""
+    """The NCSN training levels sigma(t_i) at the discrete times t_i = (i + 1) / N (docs/math.md §4)."""
     return ve_levels(np.arange(1, N + 1) / N)[1]
 
 
@@ -89,8 +89,8 @@ class Linear(nn.Module):
 
 
 class OptimalEps(nn.Module):
-    """eps*(x_t) = E[eps | x_t] = s L C^{-1} (x_t - a m), C = a^2 S + s^2 Sigma (Gaussian conditioning, MATH.md 8.10),
-    plus an optional linear perturbation Delta x + delta."""
+    """eps*(x_t) = E[eps | x_t] = s L C^{-1} (x_t - a m), C = a^2 S + s^2 Sigma (Gaussian conditioning,
+    docs/math.md §8.10), plus an optional linear perturbation Delta x + delta."""
 
     def __init__(self, data: GaussianData, sigma: torch.Tensor, levels, delta=None):
         super().__init__()
@@ -192,8 +192,9 @@ def _optimal_levels(loss_name: str, kind: str, N: int):
 
 @pytest.mark.parametrize("loss_name,kind", [("ddpm", "vp"), ("dsm", "vp"), ("dsm", "ve")])
 def test_optimal_predictor_minimises_the_loss(data, loss_name, kind):
-    """MATH.md 8.10: eps* = E[eps | x_t] attains E||eps* - eps||^2 = tr(I - s^2 L C^{-1} L), and adding any Delta x + d
-    raises the loss by exactly E||Delta x_t + d||^2 = ||a Delta m + d||^2 + tr(Delta C Delta^T) (paired samples)."""
+    """docs/math.md §8.10: eps* = E[eps | x_t] attains E||eps* - eps||^2 = tr(I - s^2 L C^{-1} L), and adding any
+    Delta x + d raises the loss by exactly E||Delta x_t + d||^2 = ||a Delta m + d||^2 + tr(Delta C Delta^T) (paired
+    samples)."""
     N = 1000
     sde, loss, Sigma = make_sde(kind, True, N), get_loss(loss_name), dense_sigma(True)
     levels = _optimal_levels(loss_name, kind, N)
@@ -227,8 +228,9 @@ def test_optimal_predictor_minimises_the_loss(data, loss_name, kind):
 @pytest.mark.parametrize("coloured", [True, False], ids=["gff", "isotropic"])
 @pytest.mark.parametrize("loss_name,kind,N", CASES)
 def test_loss_identity_and_perturbation(data, loss_name, kind, N, coloured):
-    """MATH.md 8.9: s^2 (s_theta - s_cond)^T Sigma (s_theta - s_cond) = ||residual||^2, s_cond = -Sigma^{-1/2} eps / s,
-    s_theta the score the loss exports for sampling (to 1e-12, float64); and x_t = a x_0 + s Sigma^{1/2} eps."""
+    """docs/math.md §8.9: s^2 (s_theta - s_cond)^T Sigma (s_theta - s_cond) = ||residual||^2,
+    s_cond = -Sigma^{-1/2} eps / s, s_theta the score the loss exports for sampling (to 1e-12, float64); and
+    x_t = a x_0 + s Sigma^{1/2} eps."""
     g = torch.Generator().manual_seed(2)
     model = Linear(torch.randn(D, D, generator=g, dtype=torch.float64) / 4, torch.randn(D, generator=g).double())
     sde, loss, Sigma = make_sde(kind, coloured, N), get_loss(loss_name), dense_sigma(coloured)

@@ -51,7 +51,7 @@ def test_each_config_maps_images_to_images_of_the_same_shape_and_dtype(name):
 
 
 def test_double_precision_network_runs_in_float64():
-    # Likelihood identities (MATH.md 8.15) are checked with small float64 networks.
+    # Likelihood identities (docs/math.md §8.15) are checked with small float64 networks.
     torch.manual_seed(0)
     net = randomised(create_model("tiny", embedding="fourier")).double().eval()
     x, t = inputs("tiny", dtype=torch.float64)
@@ -110,7 +110,7 @@ def test_time_conditioning_changes_the_output(embedding):
 
 
 def test_unconditional_network_ignores_time_and_has_no_time_layers():
-    # The NCSN form u_theta(x) (MATH.md 4) is the U-Net without its time embedding.
+    # The NCSN form u_theta(x) (docs/math.md §4) is the U-Net without its time embedding.
     torch.manual_seed(0)
     net = randomised(create_model("tiny", conditional=False)).eval()
     x, _ = inputs("tiny")

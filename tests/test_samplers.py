@@ -1,4 +1,4 @@
-"""Samplers on data whose score is exact (MATH.md 2-4, 8.11), and the sampling API (issue 4).
+"""Samplers on data whose score is exact (docs/math.md §2-4, 8.11), and the sampling API (issue 4).
 
 Data: N(m, S) on 1x8x8 (D = 64) with a dense random S that does not commute with the GFF Sigma (power 1), and a
 three-component Gaussian mixture; the score of every marginal is analytic (tests/gaussian_oracle.py), so a sampler's
@@ -153,7 +153,7 @@ def test_same_seed_same_samples_and_per_sample_noise(problem):
 
 
 def test_isotropic_limit_reproduces_ddpm_exactly():
-    """GFF with power 0 is Sigma = I: NI-DDPM then equals DDPM for the same random stream (MATH.md 8.7)."""
+    """GFF with power 0 is Sigma = I: NI-DDPM then equals DDPM for the same random stream (docs/math.md §8.7)."""
     data = GaussianMixture.gaussian(SHAPE, torch.Generator().manual_seed(5))
     flat = NIVPSDE(cov=GFFCovariance(SHAPE, power=0.0))
     iso = VPSDE(shape=SHAPE)

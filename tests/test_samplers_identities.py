@@ -1,4 +1,4 @@
-"""Closed-form identities of the sampler steps (MATH.md 2-4, 8.8, 8.10): dense Gaussian references, to 1e-12.
+"""Closed-form identities of the sampler steps (docs/math.md §2-4, 8.8, 8.10): dense Gaussian references, to 1e-12.
 
 * NI-DDPM posterior: the ancestral step's mean and covariance equal dense Gaussian conditioning of
   (x_{t'}, x_t | x_0) with noise covariance Sigma, for a full step and a subsequence step (8.8).
@@ -37,7 +37,8 @@ def flat(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("level, previous", [(500, 499), (509, 499), (99, None)])
 def test_ddpm_step_is_the_dense_gaussian_posterior(cov, level, previous):
-    """c_x x_t + c_eps Sigma^{1/2} eps = mu~ and c_z^2 Sigma = beta~ Sigma, by dense conditioning (MATH.md 8.8)."""
+    """c_x x_t + c_eps Sigma^{1/2} eps = mu~ and c_z^2 Sigma = beta~ Sigma, by dense conditioning
+    (docs/math.md §8.8)."""
     sde = NIVPSDE(cov=cov)
     abar_all = sde.schedule.alphas_cumprod
     abar = float(abar_all[level])
@@ -87,7 +88,7 @@ def test_timestep_subsequence_and_level_times():
 
 @pytest.mark.parametrize("sde_name", ["nivp", "nive"])
 def test_denoising_step_is_gaussian_conditioning(cov, sde_name):
-    """x0 = (x - std Sigma^{1/2} eps*) / a, eps* = -std Sigma^{1/2} grad log p_t, is E[x0 | x_t] (MATH.md 8.10).
+    """x0 = (x - std Sigma^{1/2} eps*) / a, eps* = -std Sigma^{1/2} grad log p_t, is E[x0 | x_t] (docs/math.md §8.10).
 
     Here x_t = a x0 + std Sigma^{1/2} z with the SDE's own (a, std), so p_t = N(a m, a^2 S + std^2 Sigma).
     """

@@ -1,5 +1,5 @@
-"""sde_lib.schedules and sde_lib.quantization: the DDPM schedule, geometric noise levels, CAS (MATH.md 8.13) and
-bits/dim (MATH.md 5, 8.14)."""
+"""sde_lib.schedules and sde_lib.quantization: the DDPM schedule, geometric noise levels, CAS (docs/math.md §8.13) and
+bits/dim (docs/math.md §5, 8.14)."""
 
 import math
 
@@ -11,7 +11,7 @@ from sde_lib import cas_noise_scale, ddpm_schedule, dequantize, geometric_sigmas
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# ---- DDPM schedule (MATH.md 2, 3) -------------------------------------------------------------------------------
+# ---- DDPM schedule (docs/math.md §2, 3) -----------------------------------------------------------------------------
 
 
 def test_ddpm_schedule_endpoints_and_products():
@@ -30,7 +30,7 @@ def test_ddpm_schedule_endpoints_and_products():
 
 
 def test_ddpm_schedule_links_to_the_continuous_beta():
-    """N beta_i = beta(i / (N - 1)) with beta(t) = beta_min + t (beta_max - beta_min) (MATH.md 3)."""
+    """N beta_i = beta(i / (N - 1)) with beta(t) = beta_min + t (beta_max - beta_min) (docs/math.md §3)."""
     N, bmin, bmax = 250, 0.3, 12.0
     sched = ddpm_schedule(bmin, bmax, N)
     t = np.arange(N) / (N - 1)
@@ -43,7 +43,7 @@ def test_ddpm_schedule_refuses_bad_arguments(args):
         ddpm_schedule(*args)
 
 
-# ---- geometric noise levels (MATH.md 4) --------------------------------------------------------------------------
+# ---- geometric noise levels (docs/math.md §4) -----------------------------------------------------------------------
 
 
 def test_geometric_sigmas():
@@ -59,7 +59,7 @@ def test_geometric_sigmas():
         geometric_sigmas(0.0, 1.0, 10)
 
 
-# ---- CAS (MATH.md 4, 8.13) --------------------------------------------------------------------------------------
+# ---- CAS (docs/math.md §4, 8.13) ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("ratio", [1.01, 1.1, 1.5, 3.0])
@@ -83,7 +83,7 @@ def test_cas_edge_and_errors():
             cas_noise_scale(eta, ratio)
 
 
-# ---- bits per dimension (MATH.md 5, 8.14) ------------------------------------------------------------------------
+# ---- bits per dimension (docs/math.md §5, 8.14) ---------------------------------------------------------------------
 
 
 def test_uniform_density_gives_eight_bits():
@@ -97,7 +97,7 @@ def test_uniform_density_gives_eight_bits():
 
 
 def test_bpd_of_a_discrete_gaussian_model():
-    """bpd = -log p_y(y) / (D ln 2) + 7 (MATH.md 5): for a smooth density p_y, the probability of a pixel bin
+    """bpd = -log p_y(y) / (D ln 2) + 7 (docs/math.md §5): for a smooth density p_y, the probability of a pixel bin
     is ~ p_y(centre) * 2/256 per dim, and -log2 of it per dim is what nats_to_bpd reports."""
     D, sd = 4, 0.5
     pixels = torch.tensor([[3, 100, 128, 250]])

@@ -1,10 +1,10 @@
-"""sde_lib.sde against the closed forms of MATH.md 3 (NIVP, VP, sub-VP) and 4 (NI-VE, VE).
+"""sde_lib.sde against the closed forms of docs/math.md §3 (NIVP, VP, sub-VP) and 4 (NI-VE, VE).
 
 Every SDE class is checked for: marginal_prob against a fine Euler-Maruyama simulation of sde.sde; prior_logp
 against scipy with the dense covariance; discretize (DDPM / SMLD / Euler-Maruyama forms and the index rule); the
 reverse SDE and probability-flow drifts of Gaussian data N(m, S), with S dense and not commuting with Sigma,
 against dense algebra and against the evolution of the marginal covariance; score <-> eps; Tweedie denoising
-against Gaussian conditioning (MATH.md 8.10); the isotropic classes as the Sigma = I case; dtype preservation.
+against Gaussian conditioning (docs/math.md §8.10); the isotropic classes as the Sigma = I case; dtype preservation.
 """
 
 import math
@@ -29,7 +29,8 @@ N_STEPS = 1000
 
 @dataclass
 class ClosedForm:
-    """The SDE dx = f(t) x dt + g(t) Sigma^{1/2} dw and its marginal N(a(t) x_0, var(t) Sigma), from MATH.md 3 / 4."""
+    """The SDE dx = f(t) x dt + g(t) Sigma^{1/2} dw and its marginal N(a(t) x_0, var(t) Sigma), from
+    docs/math.md §3 / 4."""
 
     family: str  # "vp", "subvp" or "ve"
 
@@ -171,7 +172,7 @@ def test_euler_maruyama_paths_match_marginal_prob(name):
     mean and covariance of marginal_prob, N(a x_0, (std^2 - std(0)^2) Sigma) (see the test above for std(0)).
 
     The noise increment g sqrt(dt) Sigma^{1/2} z uses the matrix of cov.sqrt_mul (built once from unit vectors; the
-    operator is linear), so the loop stays cheap. Criterion: MATH.md 8.6's z-scores on the samples whitened by the
+    operator is linear), so the loop stays cheap. Criterion: docs/math.md §8.6's z-scores on the samples whitened by the
     target covariance (136 nearly independent entries: max |z| < 4.5, mean z^2 in [0.6, 1.4], 3.3 null std), and
     the whitened mean (16 entries ~ N(0, 1): max |z| < 4.5, mean z^2 < 2.5, i.e. chi^2_16 / 16 at p < 1e-3). The
     scheme's bias at this step size (<= 0.5% for VP / sub-VP, 2.1% for VE, from the exact scalar recursion) is
@@ -243,7 +244,7 @@ def test_discrete_index_rule():
 
 @pytest.mark.parametrize("name", ["vp", "nivp"])
 def test_discretize_is_the_ddpm_step(name):
-    """f = (sqrt(1 - beta_i) - 1) x, G = sqrt(beta_i), beta_i linear from beta_min/N to beta_max/N (MATH.md 2);
+    """f = (sqrt(1 - beta_i) - 1) x, G = sqrt(beta_i), beta_i linear from beta_min/N to beta_max/N (docs/math.md §2);
     iterating it reproduces q(x_i | x_0) = N(sqrt(abar_i) x_0, (1 - abar_i) Sigma)."""
     shape = (1, 3, 4)
     sde, _ = make_case(name, shape)
@@ -270,7 +271,7 @@ def test_discretize_is_the_ddpm_step(name):
 @pytest.mark.parametrize("name", ["ve", "nive"])
 def test_discretize_is_the_smld_step(name):
     """f = 0, G^2 = sigma_i^2 - sigma_{i-1}^2 (sigma_{-1} = 0), sigma_i geometric from sigma_min to sigma_max;
-    the variances add up to sigma_i^2 (MATH.md 4)."""
+    the variances add up to sigma_i^2 (docs/math.md §4)."""
     shape = (1, 3, 4)
     sde, _ = make_case(name, shape)
     sigmas = SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** (np.arange(N_STEPS) / (N_STEPS - 1))
@@ -406,7 +407,7 @@ def test_score_eps_conversion(name):
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("t", [0.05, 0.5, 0.95])
 def test_denoise_is_gaussian_conditioning(name, t):
-    """MATH.md 8.10: Tweedie (x + std^2 Sigma s(x)) / a = c_x x + c_eps Sigma^{1/2} eps (sde.denoise_coefficients,
+    """docs/math.md §8.10: Tweedie (x + std^2 Sigma s(x)) / a = c_x x + c_eps Sigma^{1/2} eps (sde.denoise_coefficients,
     eps = -std Sigma^{1/2} s) with the exact score equals Gaussian conditioning,
     E[x_0 | x_t] = m + a S C_t^-1 (x - a m), to 1e-10."""
     sde, cf, data, sigma, score_fn = gaussian_setup(name)

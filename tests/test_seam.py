@@ -1,5 +1,5 @@
 """The one seam between a trained network and the samplers (samplers.ScoreModel) and the SDE interface the samplers
-ask instead of testing classes (MATH.md 2-5).
+ask instead of testing classes (docs/math.md §2-5).
 
 * Exact plumbing: a network trained at the sampler's own noise scale reaches it unconverted, so score_fn_for(net,
   sde, loss) and score_fn_from_eps(sde, net) give the same samples to rounding (float64, same generator).

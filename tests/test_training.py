@@ -1,7 +1,7 @@
 """The training loop: it learns, resumes exactly, stops on non-finite values, logs, averages and loads back.
 
 Data are Gaussian, x_0 ~ N(m, S) on 1x8x8 images with a smooth covariance, so the best achievable DSM loss is
-known in closed form (MATH.md 8.10): E_t tr(I - s^2 L C_t^{-1} L) / D, C_t = a^2 S + s^2 Sigma, L = Sigma^{1/2}.
+known in closed form (docs/math.md §8.10): E_t tr(I - s^2 L C_t^{-1} L) / D, C_t = a^2 S + s^2 Sigma, L = Sigma^{1/2}.
 The `tiny` U-Net keeps every run to seconds.
 """
 

@@ -1,4 +1,4 @@
-"""Training of eps-predicting score networks with non-isotropic noise (MATH.md 2-4).
+"""Training of eps-predicting score networks with non-isotropic noise (docs/math.md §2-4).
 
 Public API (stable):
 

@@ -21,7 +21,7 @@ RUN_LENGTH_FIELDS = frozenset(
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (the loss is MATH.md 2-4; see `training.losses`).
+    """Settings of one training run (the loss is docs/math.md §2-4; see `training.losses`).
 
     The defaults train the `digits` model on scikit-learn's digits on a 2-core CPU in about 3 minutes to
     digit-like EMA samples. The DDPM CIFAR-10 recipe is model="cifar10", lr=2e-4, batch_size=128,

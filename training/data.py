@@ -1,7 +1,7 @@
 """Image data sets: scikit-learn digits, CIFAR-10 (python batches or .npz, with a verified download), image folders.
 
 Every data set is held as integer grey levels n in {0, .., L-1} (`ImageDataset.pixels`, uint8, (N, C, H, W)) and
-served as float32 images in [-1, 1] at the bin centres of the map the likelihood uses (MATH.md 5,
+served as float32 images in [-1, 1] at the bin centres of the map the likelihood uses (docs/math.md §5,
 sde_lib.quantization):
 
     x = (n + 1/2) * 2 / L - 1,        L = 17 for digits (grey levels 0..16), 256 otherwise,

@@ -1,18 +1,18 @@
-"""Denoising score-matching losses with non-isotropic noise (MATH.md 2-4).
+"""Denoising score-matching losses with non-isotropic noise (docs/math.md §2-4).
 
 Every loss perturbs clean images x_0 as x_t = a x_0 + s Sigma^{1/2} eps with white eps ~ N(0, I) (through
 `kernels.perturb`), at the scales (a, s) = `loss.scale(sde)(t)` of the time t it draws, and regresses the network's
 white-noise prediction on eps: whatever the network predicts (sde_lib.PREDICTIONS: eps, x0, v, u), its output is
 turned into eps at (a, s) by sde_lib.eps_from_prediction. The reduction is the mean over pixels and batch
-(MATH.md 2, [CONVENTION]). The weighting lambda = s^2 Sigma turns score matching into that plain MSE:
+(docs/math.md §2, [CONVENTION]). The weighting lambda = s^2 Sigma turns score matching into that plain MSE:
 
     s^2 (s_theta - s_cond)^T Sigma (s_theta - s_cond) = || eps_theta - eps ||^2,    s_cond = -Sigma^{-1/2} eps / s
 
-  "ddpm"  NI-DDPM (MATH.md 2): i ~ U{0..N-1}, t = sde.discrete_time(i) = (i + 1) T / N, (a, s) = (sqrt(abar_i),
+  "ddpm"  NI-DDPM (docs/math.md §2): i ~ U{0..N-1}, t = sde.discrete_time(i) = (i + 1) T / N, (a, s) = (sqrt(abar_i),
           sqrt(1 - abar_i)) = sde.discrete_marginal(t); SDEs with a discrete DDPM chain (VP, NIVP).
-  "dsm"   continuous DSM (MATH.md 3, 4): t ~ U(eps_t, 1), (a, s) = sde.marginal(t) = (a(t), std(t)); any SDE
+  "dsm"   continuous DSM (docs/math.md §3, 4): t ~ U(eps_t, 1), (a, s) = sde.marginal(t) = (a(t), std(t)); any SDE
           (VP, sub-VP, NIVP: the eps parameterisation; VE, NI-VE: the sigma-conditional eps parameterisation).
-  "ncsn"  NCSN unconditional form (MATH.md 4): i ~ U{0..N-1}, t = sde.discrete_time(i), (a, s) = (1, sigma(t));
+  "ncsn"  NCSN unconditional form (docs/math.md §4): i ~ U{0..N-1}, t = sde.discrete_time(i), (a, s) = (1, sigma(t));
           the network predicts u with score u / sigma, i.e. eps_theta = -Sigma^{1/2} u_theta; VE family only.
 
 The trained network reaches the samplers as `score_fn_for(model, sde, loss)`: a samplers.ScoreModel that knows its
@@ -103,14 +103,14 @@ class DiffusionLoss(ABC):
         return eps_from_prediction(self.prediction, out, x_t.to(eps.dtype), a, s, sde.cov) - eps
 
     def __call__(self, model: nn.Module, sde: SDE, x0: Tensor, seed: int) -> Tensor:
-        """mean over batch and pixels of residual^2 (the per-sample loss / D, MATH.md 2-4)."""
+        """mean over batch and pixels of residual^2 (the per-sample loss / D, docs/math.md §2-4)."""
         self.check_sde(sde)
         x_t, t, eps = self.perturb(sde, x0, seed)
         return self.residual(model, sde, x_t, t, eps).square().mean()
 
 
 class NIDDPMLoss(DiffusionLoss):
-    """NI-DDPM (MATH.md 2): i ~ U{0..N-1}, x_t = sqrt(abar_i) x_0 + sqrt(1 - abar_i) Sigma^{1/2} eps,
+    """NI-DDPM (docs/math.md §2): i ~ U{0..N-1}, x_t = sqrt(abar_i) x_0 + sqrt(1 - abar_i) Sigma^{1/2} eps,
     loss mean ||eps_theta(x_t, t_i) - eps||^2, t_i = sde.discrete_time(i). VP family (NIVPSDE / VPSDE) only."""
 
     name = "ddpm"
@@ -127,7 +127,7 @@ class NIDDPMLoss(DiffusionLoss):
 
 
 class DSMLoss(DiffusionLoss):
-    """Continuous DSM (MATH.md 3, 4): t ~ U(eps_t, 1), x_t = a(t) x_0 + std(t) Sigma^{1/2} eps,
+    """Continuous DSM (docs/math.md §3, 4): t ~ U(eps_t, 1), x_t = a(t) x_0 + std(t) Sigma^{1/2} eps,
     loss mean ||eps_theta(x_t, t) - eps||^2. Any SDE (VP, sub-VP, NIVP, VE, NI-VE)."""
 
     name = "dsm"
@@ -146,7 +146,7 @@ class DSMLoss(DiffusionLoss):
 
 
 class NCSNLoss(DiffusionLoss):
-    """NCSN unconditional form (MATH.md 4): i ~ U{0..N-1}, t_i = sde.discrete_time(i),
+    """NCSN unconditional form (docs/math.md §4): i ~ U{0..N-1}, t_i = sde.discrete_time(i),
     x_t = x_0 + sigma(t_i) Sigma^{1/2} eps;
     loss mean ||Sigma^{1/2} u_theta(x_t) + eps||^2, score u_theta / sigma. VE family (NIVESDE / VESDE) only.
 
@@ -177,7 +177,8 @@ def get_loss(name: str) -> DiffusionLoss:
 
 def score_fn_for(model: nn.Module, sde: SDE, loss: str | DiffusionLoss) -> ScoreModel:
     """The network as the samplers see it (samplers.ScoreModel): what it predicts and the scale it was trained at
-    under `loss`; calling it gives the score (MATH.md 2-4), and each sampler reads its eps at the sampler's scale."""
+    under `loss`; calling it gives the score (docs/math.md §2-4), and each sampler reads its eps at the sampler's
+    scale."""
     loss = get_loss(loss) if isinstance(loss, str) else loss
     if not isinstance(loss, DiffusionLoss):
         raise TypeError(f"loss must be a loss name or a DiffusionLoss, got {type(loss).__name__}")

@@ -4,8 +4,9 @@ from .covariance import Covariance, GFFCovariance, IdentityCovariance, SpectralC
 from .factory import COLOURED_SDE_NAMES, SDE_NAMES, make_sde
 from .prediction import PREDICTIONS, eps_from_prediction, tweedie_coefficients
 from .quantization import dequantize, nats_to_bpd
+from .reverse import ReverseSDE
 from .schedules import DDPMSchedule, cas_noise_scale, ddpm_schedule, geometric_sigmas
-from .sde import NIVESDE, NIVPSDE, SDE, VESDE, VPSDE, NotApplicableError, ReverseSDE, SubVPSDE
+from .sde import NIVESDE, NIVPSDE, SDE, VESDE, VPSDE, NotApplicableError, SubVPSDE
 
 __all__ = [
     "Covariance",

@@ -20,6 +20,7 @@ from PIL import Image
 from sde_lib import dequantize
 from training.data import (
     CIFAR10_DIR,
+    DataError,
     ImageDataset,
     dataset_levels,
     download_cifar10,
@@ -352,6 +353,75 @@ def test_folder_errors(tmp_path):
         load_dataset("folder", root=bad, image_size=8, channels=2)
     with pytest.raises(ValueError, match="needs root"):
         load_dataset("folder")
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_a_folder_without_images_is_one_line_naming_it(tmp_path):
+    for folder in (tmp_path / "empty", tmp_path / "other_files"):
+        folder.mkdir()
+    (tmp_path / "other_files" / "readme.txt").write_text("no\nimages\n")
+    (tmp_path / "other_files" / "x.gif").write_bytes(png_bytes(np.zeros((8, 8), np.uint8), "GIF"))
+    (tmp_path / "other_files" / "dir.png").mkdir()  # a directory is not an image file
+    for folder in (tmp_path / "empty", tmp_path / "other_files"):
+        with pytest.raises(DataError) as err:
+            load_dataset("folder", root=folder)
+        assert str(err.value) == f"no PNG/JPEG images (.png, .jpg, .jpeg) under {folder}"
+
+
+def test_a_corrupt_or_unreadable_image_is_one_line_naming_the_file(tmp_path):
+    folder = tmp_path / "imgs"
+    save(folder / "0.png", np.zeros((8, 8), np.uint8))
+    bad = folder / "sub" / "1.png"
+    bad.parent.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # incompressible
+    png, jpeg = png_bytes(noise), png_bytes(noise, "JPEG")
+    cases = {
+        "garbage": lambda: bad.write_bytes(os.urandom(64)),
+        "empty": lambda: bad.write_bytes(b""),
+        "a PNG cut short": lambda: bad.write_bytes(png[: len(png) // 2]),
+        "a JPEG cut short": lambda: bad.write_bytes(jpeg[: len(jpeg) // 2]),
+        "a dangling link": lambda: bad.symlink_to(tmp_path / "gone.png"),
+    }
+    for case, make in cases.items():
+        bad.unlink(missing_ok=True)
+        make()
+        with pytest.raises(DataError, match=f"^cannot read image {bad}: ") as err:
+            load_dataset("folder", root=folder, image_size=8, channels=1)
+        assert "\n" not in str(err.value), case
+
+
+def test_every_corruption_of_a_png_or_jpeg_loads_or_is_a_data_error(tmp_path):
+    """PIL raises OSError, ValueError, SyntaxError (a broken PNG chunk) or EOFError for damaged files: all of them
+    are DataError naming the file, none escapes as another type."""
+    rng = np.random.default_rng(0)
+    originals = {
+        "x.png": png_bytes(rng.integers(0, 256, (8, 8), dtype=np.uint8)),
+        "x.jpg": png_bytes(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "JPEG"),
+    }
+    errors = 0
+    for name, original in originals.items():
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        for i in range(0, len(original), 1 if name.endswith("png") else 5):
+            for value in (original[i] ^ 0xFF, 0):
+                (folder / name).write_bytes(original[:i] + bytes([value]) + original[i + 1 :])
+                try:
+                    load_dataset("folder", root=folder, image_size=4, channels=3)
+                except DataError as err:
+                    assert str(err).startswith(f"cannot read image {folder / name}: ")
+                    errors += 1
+    assert errors > 50
+
+
+def test_data_error_folds_its_message_into_one_line():
+    err = DataError("cannot read x.png:\n  broken\r\n stream\t here")
+    assert isinstance(err, ValueError) and str(err) == "cannot read x.png: broken stream here"
+    assert pickle.loads(pickle.dumps(err)).args == err.args  # crosses DataLoader worker processes intact
 
 
 # ---- the API -------------------------------------------------------------------------------------------------------

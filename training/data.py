@@ -7,8 +7,9 @@ sde_lib.quantization):
     x = (n + 1/2) * 2 / L - 1,        L = 17 for digits (grey levels 0..16), 256 otherwise,
 
 so that a model trained on x and scored by uniform dequantisation y = (n + u) * 2/L - 1 sees one pixel space.
-Bad data (a wrong shape or dtype, an empty folder, an unreadable image, a missing split or file, an md5 mismatch)
-raises a ValueError or FileNotFoundError naming the file; nothing is skipped silently.
+Bad data (a wrong shape or dtype, an empty folder, an unreadable image, an md5 mismatch, a refused pickle or archive)
+raises DataError, a ValueError whose message is one line naming the file or folder; a missing split or file raises
+FileNotFoundError naming it. Nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -31,6 +32,7 @@ __all__ = [
     "SPLITS",
     "CIFAR10_URL",
     "CIFAR10_MD5",
+    "DataError",
     "ImageDataset",
     "load_dataset",
     "dataset_levels",
@@ -50,6 +52,15 @@ CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 DIGITS_TEST_FRACTION = 0.2  # 1437 training and 360 test digits, stratified by class
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DataError(ValueError):
+    """Bad data: a malformed, unreadable or refused file, or a folder without images. The message is one line (any
+    line breaks of a wrapped library error are folded) naming the file or folder, so a command line can print it as
+    is; run.py prints every ValueError as `run.py <command>: error: <message>`."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 class ImageDataset(Dataset):
@@ -190,18 +201,18 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             batch = _ArrayUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise ValueError(f"{path} is not a readable CIFAR-10 batch: {err}") from err
+        raise DataError(f"{path} is not a readable CIFAR-10 batch: {err}") from err
     if not isinstance(batch, dict):
-        raise ValueError(f"{path} is not a CIFAR-10 batch: expected a dict, got {type(batch).__name__}")
+        raise DataError(f"{path} is not a CIFAR-10 batch: expected a dict, got {type(batch).__name__}")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if "data" not in batch or "labels" not in batch:
-        raise ValueError(f"{path} is not a CIFAR-10 batch: keys {sorted(batch)} lack 'data' and 'labels'")
+        raise DataError(f"{path} is not a CIFAR-10 batch: keys {sorted(batch)} lack 'data' and 'labels'")
     data, labels = batch["data"], np.asarray(batch["labels"])
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise ValueError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {got}")
+        raise DataError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {got}")
     if labels.shape != (len(data),):
-        raise ValueError(f"{path}: 'labels' must have shape ({len(data)},), got {labels.shape}")
+        raise DataError(f"{path}: 'labels' must have shape ({len(data)},), got {labels.shape}")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
@@ -211,14 +222,14 @@ def _read_cifar_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable .npz file: {err}") from err
+        raise DataError(f"{path} is not a readable .npz file: {err}") from err
     if "images" not in arrays:
-        raise ValueError(f"{path} lacks the array 'images' (it holds {sorted(arrays)})")
+        raise DataError(f"{path} lacks the array 'images' (it holds {sorted(arrays)})")
     images, labels = arrays["images"], arrays.get("labels")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise ValueError(f"{path}: 'images' must be uint8 of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
+        raise DataError(f"{path}: 'images' must be uint8 of shape (N, 32, 32, 3), got {images.dtype} {images.shape}")
     if labels is not None and labels.shape != (len(images),):
-        raise ValueError(f"{path}: 'labels' must have shape ({len(images)},), got {labels.shape}")
+        raise DataError(f"{path}: 'labels' must have shape ({len(images)},), got {labels.shape}")
     return images.transpose(0, 3, 1, 2), None if labels is None else labels.astype(np.int64)
 
 
@@ -229,7 +240,7 @@ def load_cifar10(root: str | os.PathLike, split: str = "train", flip: bool = Fal
     root = Path(root)
     if root.is_file():
         if root.suffix != ".npz":
-            raise ValueError(f"a CIFAR-10 file must be an .npz, got {root}")
+            raise DataError(f"a CIFAR-10 file must be an .npz, got {root}")
         images, labels = _read_cifar_npz(root)
     elif (root / CIFAR10_DIR).is_dir() or (root / "batches.meta").is_file() or any(root.glob("*_batch*")):
         batch_dir = root / CIFAR10_DIR if (root / CIFAR10_DIR).is_dir() else root
@@ -247,31 +258,31 @@ def load_cifar10(root: str | os.PathLike, split: str = "train", flip: bool = Fal
             "(download=True fetches the official archive)"
         )
     if len(images) == 0:
-        raise ValueError(f"CIFAR-10 {split} data under {root} holds no images")
+        raise DataError(f"CIFAR-10 {split} data under {root} holds no images")
     return ImageDataset(
         torch.from_numpy(np.ascontiguousarray(images)), 256, None if labels is None else torch.from_numpy(labels), flip
     )
 
 
 def verify_md5(path: str | os.PathLike, md5: str) -> None:
-    """Raise ValueError unless the file's MD5 digest equals `md5` (hex)."""
+    """Raise DataError unless the file's MD5 digest equals `md5` (hex)."""
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     if digest.hexdigest() != md5.lower():
-        raise ValueError(f"md5 mismatch for {path}: expected {md5.lower()}, got {digest.hexdigest()}")
+        raise DataError(f"md5 mismatch for {path}: expected {md5.lower()}, got {digest.hexdigest()}")
 
 
 def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Extract a (gzipped) tar archive into `dest` with tarfile's "data" filter: members whose path or link target
-    leaves `dest`, and device files, are refused (ValueError) and never written; a leading "/" is stripped, so
+    leaves `dest`, and device files, are refused (DataError) and never written; a leading "/" is stripped, so
     absolute member paths land inside `dest`."""
     try:
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(dest, filter="data")
     except tarfile.TarError as err:
-        raise ValueError(f"cannot extract {archive} safely: {err}") from err
+        raise DataError(f"cannot extract {archive} safely: {err}") from err
 
 
 def download_cifar10(root: str | os.PathLike, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Path:
@@ -293,7 +304,7 @@ def download_cifar10(root: str | os.PathLike, url: str = CIFAR10_URL, md5: str =
     finally:
         archive.unlink(missing_ok=True)
     if not batch_dir.is_dir():
-        raise ValueError(f"the archive from {url} did not contain {CIFAR10_DIR}/")
+        raise DataError(f"the archive from {url} did not contain {CIFAR10_DIR}/")
     return batch_dir
 
 
@@ -304,7 +315,8 @@ def load_folder(
     """Every .png/.jpg/.jpeg file (any case, subdirectories included, sorted by path) under root/<split> if that
     directory exists, else under root for split="train". Each image is converted to grey (channels=1) or RGB
     (channels=3), scaled so that its shorter side is image_size and centre-cropped (PIL ImageOps.fit, bicubic).
-    Other files are not images and are ignored; an image file that cannot be decoded is an error."""
+    Other files are not images and are ignored. No image at all, or an image file that cannot be opened or decoded,
+    raises DataError naming the folder or the file."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if channels not in (1, 3):
@@ -319,17 +331,20 @@ def load_folder(
         raise FileNotFoundError(f"no {split} split: {root / split} does not exist (root itself serves as train only)")
     if folder == root and any((root / other).is_dir() for other in SPLITS):
         raise FileNotFoundError(f"{root} has split directories but no {split}/ (refusing to mix splits)")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    # Every entry with an image suffix that is not a directory: a broken link named x.png is an unreadable image.
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
     if not files:
-        raise ValueError(f"no PNG/JPEG images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        raise DataError(f"no PNG/JPEG images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     mode = "L" if channels == 1 else "RGB"
     arrays = []
     for path in files:
         try:
             with Image.open(path) as im:
                 im = ImageOps.fit(im.convert(mode), (image_size, image_size), method=Image.Resampling.BICUBIC)
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
+        # PIL's decoders raise OSError (UnidentifiedImageError, truncated data), ValueError, SyntaxError (a broken
+        # PNG chunk), EOFError, or DecompressionBombError (an image over twice Image.MAX_IMAGE_PIXELS).
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+            raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
         arrays.append(np.asarray(im, dtype=np.uint8).reshape(image_size, image_size, channels))
     pixels = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
     return ImageDataset(pixels, 256, None, flip)

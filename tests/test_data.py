@@ -5,12 +5,16 @@ CIFAR-10 and image-folder fixtures are tiny files built in tmp_path; nothing tou
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import io
 import os
 import pathlib
 import pickle
+import struct
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -20,7 +24,11 @@ from PIL import Image
 from sde_lib import dequantize
 from training.data import (
     CIFAR10_DIR,
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    DataError,
     ImageDataset,
+    SafeCIFAR10,
     dataset_levels,
     download_cifar10,
     extract_tar,
@@ -214,6 +222,131 @@ def test_a_non_npz_file_is_refused(tmp_path):
         load_dataset("cifar10", root=tmp_path / "data.bin")
 
 
+# ---- CIFAR-10 through torchvision ----------------------------------------------------------------------------------
+def _py2_str(b: bytes) -> bytes:
+    """A Python 2 str in a protocol-2 pickle: SHORT_BINSTRING or BINSTRING."""
+    return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+
+
+def _py2_int(n: int) -> bytes:
+    return b"K" + bytes([n]) if 0 <= n < 256 else b"J" + struct.pack("<i", n)
+
+
+def py2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """The bytes Python 2's cPickle.dump(batch, f, 2) writes for an official batch: str keys (which Python 3 reads as
+    bytes or latin-1 text, not as the protocol-2 `_codecs.encode` calls of the fixtures above), numpy's _reconstruct
+    of a uint8 (N, 3072) array, a list of int labels."""
+    n, m = data.shape
+    dtype = (
+        b"cnumpy\ndtype\n" + _py2_str(b"u1") + _py2_int(0) + _py2_int(1) + b"\x87R("  # dtype('u1', 0, 1)
+        + _py2_int(3) + _py2_str(b"|") + b"NNN" + _py2_int(-1) + _py2_int(-1) + _py2_int(0) + b"tb"  # its state
+    )  # fmt: skip
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2_int(0) + b"\x85" + _py2_str(b"b") + b"\x87R("
+        + _py2_int(1) + _py2_int(n) + _py2_int(m) + b"\x86" + dtype + b"\x89" + _py2_str(data.tobytes()) + b"tb"
+    )  # fmt: skip
+    items = [
+        (b"batch_label", _py2_str(b"training batch 1 of 5")),
+        (b"labels", b"](" + b"".join(_py2_int(y) for y in labels) + b"e"),
+        (b"data", array),
+        (b"filenames", b"](" + _py2_str(b"f.png") * n + b"e"),
+    ]
+    return b"\x80\x02}(" + b"".join(_py2_str(k) + v for k, v in items) + b"u."
+
+
+def test_python2_pickled_batches_as_the_official_files_hold_them_load(tmp_path):
+    rng = np.random.default_rng(0)
+    batch_dir = tmp_path / CIFAR10_DIR
+    batch_dir.mkdir()
+    expected = {}
+    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
+        data, labels = rng.integers(0, 256, (2 + i, 3072), dtype=np.uint8), rng.integers(0, 10, 2 + i).tolist()
+        (batch_dir / name).write_bytes(py2_batch(data, labels))
+        expected[name] = data, labels
+    assert (
+        pickle.loads((batch_dir / "test_batch").read_bytes(), encoding="latin1")["labels"] == expected["test_batch"][1]
+    )
+    test = load_dataset("cifar10", root=tmp_path, split="test")
+    assert np.array_equal(test.pixels.numpy().reshape(-1, 3072), expected["test_batch"][0])
+    assert test.labels.tolist() == expected["test_batch"][1]
+    train = load_dataset("cifar10", root=batch_dir, split="train")
+    assert len(train) == 2 + 3 + 4 + 5 + 6
+    assert np.array_equal(train.pixels[:2].numpy().reshape(-1, 3072), expected["data_batch_1"][0])
+
+
+def test_safe_cifar10_is_a_torchvision_cifar10(tmp_path):
+    import torchvision
+
+    batches = write_batches(tmp_path / CIFAR10_DIR)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    meta = {b"label_names": [n.encode() for n in names], b"num_cases_per_batch": 10000, b"num_vis": 3072}
+    (tmp_path / CIFAR10_DIR / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    ds = SafeCIFAR10(tmp_path, train=False)
+    assert isinstance(ds, torchvision.datasets.CIFAR10)
+    # torchvision's attributes: data (N, H, W, C) uint8, targets a list, classes from batches.meta.
+    row = batches["test_batch"][b"data"][2]
+    assert ds.data.shape == (3, 32, 32, 3) and ds.data.dtype == np.uint8
+    assert np.array_equal(ds.data[2], row.reshape(3, 32, 32).transpose(1, 2, 0))
+    assert ds.targets == batches["test_batch"][b"labels"] and ds.classes == names and ds.class_to_idx["cat"] == 3
+    image, label = ds[2]
+    assert np.array_equal(np.asarray(image), ds.data[2]) and label == ds.targets[2]
+    ds = SafeCIFAR10(tmp_path / CIFAR10_DIR, train=True, transform=torchvision.transforms.PILToTensor())
+    assert len(ds) == 10 and torch.equal(ds[3][0], load_dataset("cifar10", root=tmp_path).pixels[3])
+    (tmp_path / CIFAR10_DIR / "batches.meta").unlink()
+    assert SafeCIFAR10(tmp_path, train=False).classes == []  # batches.meta is optional
+
+
+def test_batches_directory_under_any_name_and_the_root_rule(tmp_path):
+    batches = write_batches(tmp_path / "my_cifar")
+    for root in (tmp_path / "my_cifar", str(tmp_path / "my_cifar")):
+        assert load_dataset("cifar10", root=root, split="test").labels.tolist() == batches["test_batch"][b"labels"]
+    # A complete batches directory given as root is not fetched again into root/cifar-10-batches-py.
+    unreachable = "http://127.0.0.1:9/cifar-10-python.tar.gz"  # the discard port: refused if ever tried
+    assert download_cifar10(tmp_path / "my_cifar", url=unreachable) == tmp_path / "my_cifar"
+    assert not (tmp_path / "my_cifar" / CIFAR10_DIR).exists()
+    # cifar-10-batches-py/ under root wins over batch files beside it.
+    inner = write_batches(tmp_path / "my_cifar" / CIFAR10_DIR, test_size=4)
+    assert (
+        load_dataset("cifar10", root=tmp_path / "my_cifar", split="test").labels.tolist()
+        == (inner["test_batch"][b"labels"])
+    )
+
+
+def test_torchvisions_constants_are_the_official_archive():
+    assert CIFAR10_URL == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a" and CIFAR10_DIR == "cifar-10-batches-py"
+
+
+def test_crafted_pickles_are_refused_everywhere_without_running_code(tmp_path):
+    marker = tmp_path / "ran"
+    evil = pickle.dumps(_RunsCode(marker), protocol=2)
+    # In batches.meta (which torchvision would unpickle too), with the batches directory under another name.
+    write_batches(tmp_path / "a" / CIFAR10_DIR)
+    (tmp_path / "a" / CIFAR10_DIR / "batches.meta").write_bytes(evil)
+    with pytest.raises(DataError, match=r"batches\.meta.*refusing to load global"):
+        SafeCIFAR10(tmp_path / "a", train=False)
+    write_batches(tmp_path / "b")
+    (tmp_path / "b" / "data_batch_5").write_bytes(evil)
+    with pytest.raises(DataError, match=r"data_batch_5.*refusing to load global"):
+        load_dataset("cifar10", root=tmp_path / "b", split="train")
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):  # whole-file payload, every protocol
+        (tmp_path / "b" / "test_batch").write_bytes(pickle.dumps({b"data": _RunsCode(marker)}, protocol=protocol))
+        with pytest.raises(DataError, match="test_batch"):
+            load_dataset("cifar10", root=tmp_path / "b", split="test")
+    assert not marker.exists()
+
+
+def test_cifar_data_errors_are_one_line_data_errors(tmp_path):
+    write_batches(tmp_path / CIFAR10_DIR)
+    (tmp_path / CIFAR10_DIR / "data_batch_1").write_bytes(pickle.dumps([1, 2], protocol=2))
+    with pytest.raises(DataError, match="data_batch_1.*expected a dict") as err:
+        load_dataset("cifar10", root=tmp_path)
+    assert "\n" not in str(err.value)
+    (tmp_path / CIFAR10_DIR / "data_batch_1").write_bytes(pickle.dumps({b"data": 1}, protocol=2))
+    with pytest.raises(DataError, match="data_batch_1.*lack 'data' and 'labels'"):
+        load_dataset("cifar10", root=tmp_path)
+
+
 # ---- md5, extraction and download ----------------------------------------------------------------------------------
 def tar_gz(path: pathlib.Path, members: dict[str, bytes]) -> str:
     """Write a gzipped tar of regular files {name: content}; return its md5."""
@@ -261,13 +394,34 @@ def test_extract_tar_writes_members_and_refuses_escaping_ones(tmp_path):
         extract_tar(link, tmp_path / "out_link")
 
 
-def test_download_fetches_verifies_and_extracts_an_archive(tmp_path):
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """url(path): an http://127.0.0.1 URL of a file under tmp_path, served by a local server for the test's duration
+    (the download code path without a network; torchvision's download_url reads no file:// URLs)."""
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield lambda path: f"http://127.0.0.1:{server.server_port}/{path.relative_to(tmp_path).as_posix()}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_download_fetches_verifies_and_extracts_an_archive(tmp_path, serve):
     source = tmp_path / "source"
     batches = write_batches(source / CIFAR10_DIR)
     members = {f"{CIFAR10_DIR}/{name}": (source / CIFAR10_DIR / name).read_bytes() for name in batches}
     archive = tmp_path / "cifar.tar.gz"
     md5 = tar_gz(archive, members)
-    url = archive.as_uri()  # file:// : the download code path without a network
+    url = serve(archive)
 
     with pytest.raises(ValueError, match="md5 mismatch"):
         download_cifar10(tmp_path / "data", url=url, md5="0" * 32)
@@ -283,11 +437,45 @@ def test_download_fetches_verifies_and_extracts_an_archive(tmp_path):
     assert len(load_dataset("cifar10", root=tmp_path / "data", split="train", download=True)) == 10
 
 
-def test_download_of_an_archive_without_the_batches_directory_fails(tmp_path):
+def test_download_of_an_archive_without_the_batches_directory_fails(tmp_path, serve):
     archive = tmp_path / "other.tar.gz"
     md5 = tar_gz(archive, {"something_else/readme.txt": b"hi"})
     with pytest.raises(ValueError, match=CIFAR10_DIR):
-        download_cifar10(tmp_path / "data", url=archive.as_uri(), md5=md5)
+        download_cifar10(tmp_path / "data", url=serve(archive), md5=md5)
+
+
+def test_download_errors_are_one_line_and_leave_no_archive(tmp_path, serve):
+    source = tmp_path / "source"
+    write_batches(source / CIFAR10_DIR)
+    archive = tmp_path / "cifar.tar.gz"
+    md5 = tar_gz(archive, {f"{CIFAR10_DIR}/{p.name}": p.read_bytes() for p in (source / CIFAR10_DIR).iterdir()})
+    data = tmp_path / "data"
+    # Unreachable (HTTP 404): DataError naming the URL.
+    with pytest.raises(DataError, match="cannot download .*missing.tar.gz") as err:
+        download_cifar10(data, url=serve(tmp_path / "missing.tar.gz"), md5=md5)
+    assert "\n" not in str(err.value) and list(data.iterdir()) == []
+    # An archive whose members escape root, with the right md5: refused by the safe extraction, nothing written.
+    evil = tmp_path / "evil.tar.gz"
+    evil_md5 = tar_gz(evil, {f"{CIFAR10_DIR}/test_batch": b"x", "../escaped.txt": b"X"})
+    with pytest.raises(DataError, match="cannot extract"):
+        download_cifar10(data, url=serve(evil), md5=evil_md5)
+    assert not (tmp_path / "escaped.txt").exists() and not (data / "cifar-10-python.tar.gz").exists()
+    # A corrupt archive left in root is re-fetched, verified and extracted (over the partial extraction), then deleted.
+    (data / "cifar-10-python.tar.gz").write_bytes(b"partial")
+    assert download_cifar10(data, url=serve(archive), md5=md5.upper()) == data / CIFAR10_DIR
+    assert list(data.iterdir()) == [data / CIFAR10_DIR]
+
+
+def test_an_archive_placed_in_root_installs_offline_and_is_kept(tmp_path, serve):
+    source = tmp_path / "source"
+    batches = write_batches(source / CIFAR10_DIR)
+    data = tmp_path / "data"
+    data.mkdir()
+    placed = data / "cifar-10-python.tar.gz"  # torchvision's archive name
+    md5 = tar_gz(placed, {f"{CIFAR10_DIR}/{name}": (source / CIFAR10_DIR / name).read_bytes() for name in batches})
+    assert download_cifar10(data, url=serve(tmp_path / "nothing_here"), md5=md5) == data / CIFAR10_DIR
+    assert placed.is_file() and sorted(p.name for p in data.iterdir()) == [CIFAR10_DIR, placed.name]
+    assert load_dataset("cifar10", root=data, split="test").labels.tolist() == batches["test_batch"][b"labels"]
 
 
 # ---- image folders -------------------------------------------------------------------------------------------------
@@ -352,6 +540,75 @@ def test_folder_errors(tmp_path):
         load_dataset("folder", root=bad, image_size=8, channels=2)
     with pytest.raises(ValueError, match="needs root"):
         load_dataset("folder")
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_a_folder_without_images_is_one_line_naming_it(tmp_path):
+    for folder in (tmp_path / "empty", tmp_path / "other_files"):
+        folder.mkdir()
+    (tmp_path / "other_files" / "readme.txt").write_text("no\nimages\n")
+    (tmp_path / "other_files" / "x.gif").write_bytes(png_bytes(np.zeros((8, 8), np.uint8), "GIF"))
+    (tmp_path / "other_files" / "dir.png").mkdir()  # a directory is not an image file
+    for folder in (tmp_path / "empty", tmp_path / "other_files"):
+        with pytest.raises(DataError) as err:
+            load_dataset("folder", root=folder)
+        assert str(err.value) == f"no PNG/JPEG images (.png, .jpg, .jpeg) under {folder}"
+
+
+def test_a_corrupt_or_unreadable_image_is_one_line_naming_the_file(tmp_path):
+    folder = tmp_path / "imgs"
+    save(folder / "0.png", np.zeros((8, 8), np.uint8))
+    bad = folder / "sub" / "1.png"
+    bad.parent.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # incompressible
+    png, jpeg = png_bytes(noise), png_bytes(noise, "JPEG")
+    cases = {
+        "garbage": lambda: bad.write_bytes(os.urandom(64)),
+        "empty": lambda: bad.write_bytes(b""),
+        "a PNG cut short": lambda: bad.write_bytes(png[: len(png) // 2]),
+        "a JPEG cut short": lambda: bad.write_bytes(jpeg[: len(jpeg) // 2]),
+        "a dangling link": lambda: bad.symlink_to(tmp_path / "gone.png"),
+    }
+    for case, make in cases.items():
+        bad.unlink(missing_ok=True)
+        make()
+        with pytest.raises(DataError, match=f"^cannot read image {bad}: ") as err:
+            load_dataset("folder", root=folder, image_size=8, channels=1)
+        assert "\n" not in str(err.value), case
+
+
+def test_every_corruption_of_a_png_or_jpeg_loads_or_is_a_data_error(tmp_path):
+    """PIL raises OSError, ValueError, SyntaxError (a broken PNG chunk) or EOFError for damaged files: all of them
+    are DataError naming the file, none escapes as another type."""
+    rng = np.random.default_rng(0)
+    originals = {
+        "x.png": png_bytes(rng.integers(0, 256, (8, 8), dtype=np.uint8)),
+        "x.jpg": png_bytes(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "JPEG"),
+    }
+    errors = 0
+    for name, original in originals.items():
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        for i in range(0, len(original), 1 if name.endswith("png") else 5):
+            for value in (original[i] ^ 0xFF, 0):
+                (folder / name).write_bytes(original[:i] + bytes([value]) + original[i + 1 :])
+                try:
+                    load_dataset("folder", root=folder, image_size=4, channels=3)
+                except DataError as err:
+                    assert str(err).startswith(f"cannot read image {folder / name}: ")
+                    errors += 1
+    assert errors > 50
+
+
+def test_data_error_folds_its_message_into_one_line():
+    err = DataError("cannot read x.png:\n  broken\r\n stream\t here")
+    assert isinstance(err, ValueError) and str(err) == "cannot read x.png: broken stream here"
+    assert pickle.loads(pickle.dumps(err)).args == err.args  # crosses DataLoader worker processes intact
 
 
 # ---- the API -------------------------------------------------------------------------------------------------------

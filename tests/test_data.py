@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from sde_lib import dequantize
+from training.cifar10 import CIFAR10_DIR
 from training.data import (
-    CIFAR10_DIR,
     CIFAR10_MD5,
     CIFAR10_URL,
     DataError,

@@ -17,9 +17,12 @@ Public API (stable):
     score_fn = score_fn_for(model, sde, cfg.loss)                                # for sde.reverse / samplers
     ckpt = load_checkpoint("runs/digits_nivp")     # payload dict of the newest readable checkpoint (or of a file)
 
+    log_scalars("runs/digits_nivp", {"eval/frechet_distance": 3.2}, step=600)   # append to the run's TensorBoard
+
 Files in a workdir: checkpoints/ckpt_<step>.pt (the last cfg.keep), metrics.jsonl (one JSON line every
 cfg.log_every steps: step, loss, grad_norm, lr, steps_per_s, images_per_s, time), samples/step_<step>.png (every
-cfg.sample_every steps, EMA weights).
+cfg.sample_every steps, EMA weights), events.out.tfevents.* (TensorBoard, training.events: train/loss, train/lr,
+train/grad_norm as in metrics.jsonl, the sample grids as the image samples/ema, and what log_scalars appends).
 
 Checkpoints load with torch.load(weights_only=True): CheckpointError (a ValueError) for a missing, truncated or
 corrupted file, UnsafeCheckpointError (a CheckpointError) for a pickle that would run code (it is not run).
@@ -37,6 +40,7 @@ from sde_lib import SDE
 from .build import build_model, build_sde
 from .checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from .config import LOSS_NAMES, TrainConfig
+from .events import log_scalars
 from .loop import train
 from .losses import DiffusionLoss, DSMLoss, NCSNLoss, NIDDPMLoss, get_loss, score_fn_for
 
@@ -46,6 +50,7 @@ __all__ = [
     "train",
     "load_checkpoint",
     "load_model",
+    "log_scalars",
     "CheckpointError",
     "UnsafeCheckpointError",
     "DiffusionLoss",

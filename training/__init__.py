@@ -19,18 +19,25 @@ Public API (stable):
 
     log_scalars("runs/digits_nivp", {"eval/frechet_distance": 3.2}, step=600)   # append to the run's TensorBoard
 
+    export_weights("runs/digits_nivp", "digits.safetensors")  # EMA weights, config, step (+ noise spectrum); returns
+                                                              # the Path. training.export: about 1/4 of a checkpoint
+    model, sde, cfg = load_model("digits.safetensors")        # loads like a checkpoint (EMA weights for any `ema`)
+    weights, cfg, spectrum, step = load_weights("digits.safetensors")   # the export's content
+
 Files in a workdir: checkpoints/ckpt_<step>.pt (the last cfg.keep), metrics.jsonl (one JSON line every
 cfg.log_every steps: step, loss, grad_norm, lr, steps_per_s, images_per_s, time), samples/step_<step>.png (every
 cfg.sample_every steps, EMA weights), events.out.tfevents.* (TensorBoard, training.events: train/loss, train/lr,
 train/grad_norm as in metrics.jsonl, the sample grids as the image samples/ema, and what log_scalars appends).
 
 Checkpoints load with torch.load(weights_only=True): CheckpointError (a ValueError) for a missing, truncated or
-corrupted file, UnsafeCheckpointError (a CheckpointError) for a pickle that would run code (it is not run).
+corrupted file, UnsafeCheckpointError (a CheckpointError) for a pickle that would run code (it is not run). A
+missing, truncated, corrupted or foreign .safetensors file likewise raises CheckpointError.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,6 +48,7 @@ from .build import build_model, build_sde
 from .checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from .config import LOSS_NAMES, TrainConfig
 from .events import log_scalars
+from .export import export_weights, load_weights
 from .loop import train
 from .losses import DiffusionLoss, DSMLoss, NCSNLoss, NIDDPMLoss, get_loss, score_fn_for
 
@@ -51,6 +59,8 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "log_scalars",
+    "export_weights",
+    "load_weights",
     "CheckpointError",
     "UnsafeCheckpointError",
     "DiffusionLoss",
@@ -65,15 +75,22 @@ __all__ = [
 def load_model(
     path_or_workdir: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, SDE, TrainConfig]:
-    """(network in eval mode, its SDE, its TrainConfig) from a checkpoint file or a workdir's newest readable one.
+    """(network in eval mode, its SDE, its TrainConfig) from a checkpoint file, a workdir's newest readable
+    checkpoint, or a .safetensors file of export_weights.
 
-    ema=True loads the EMA weights (for sampling and evaluation), ema=False the raw training weights. The SDE
-    is rebuilt from the config (and the stored spectrum for noise="data").
+    ema=True loads the EMA weights (for sampling and evaluation), ema=False the raw training weights; a
+    .safetensors export holds the EMA weights only, which both load. The SDE is rebuilt from the config (and the
+    stored spectrum for noise="data"). Raises CheckpointError for an unreadable file.
     """
-    ckpt = load_checkpoint(path_or_workdir)
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    path = Path(path_or_workdir)
+    if path.suffix == ".safetensors" and not path.is_dir():
+        weights, cfg, spectrum, _ = load_weights(path)
+    else:
+        ckpt = load_checkpoint(path)
+        cfg = TrainConfig.from_dict(ckpt["config"])
+        weights, spectrum = ckpt["ema"]["weights"] if ema else ckpt["model"], ckpt["noise_spectrum"]
     model = build_model(cfg)
-    model.load_state_dict(ckpt["ema"]["weights"] if ema else ckpt["model"])
+    model.load_state_dict(weights)
     model.to(device).eval()
-    sde = build_sde(cfg, tuple(model.config.image_shape), ckpt["noise_spectrum"])
+    sde = build_sde(cfg, tuple(model.config.image_shape), spectrum)
     return model, sde, cfg

@@ -1,5 +1,5 @@
 """Weights-only export (safetensors): a small file that loads the same EMA network and SDE as its run, refuses
-and refuses corrupt and foreign files."""
+corrupt and foreign files, and starts a fine-tuning run from exactly its weights."""
 
 import json
 import shutil
@@ -13,6 +13,7 @@ from tests.test_training import config, gaussian_images
 from training import CheckpointError, export_weights, load_checkpoint, load_model, load_weights, train
 from training.checkpoint import checkpoint_path
 from training.export import SPECTRUM_KEY
+from training.loop import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,3 +107,36 @@ def test_corrupt_or_foreign_files_raise_checkpoint_error(exported, tmp_path):
     _one_line_error(tmp_path / "missing.safetensors", "no weights file")
     with pytest.raises(CheckpointError, match="exported weights only"):
         load_checkpoint(good)
+
+
+def test_fine_tuning_starts_from_the_exported_weights_and_a_resume_ignores_init_from(exported, tmp_path):
+    _, data, exported_file = exported
+    file = shutil.copy(exported_file, tmp_path / "init.safetensors")
+    weights, _, _, _ = load_weights(file)
+    cfg = config(tmp_path, "finetune", steps=3, init_from=str(file))
+    trainer = Trainer(cfg, dataset=data)  # built, no step taken
+    assert_same_weights(trainer.model.state_dict(), weights)
+    assert_same_weights(trainer.ema.module.state_dict(), weights)
+    fresh = Trainer(config(tmp_path, "fresh", steps=3), dataset=data)  # same seed, no init_from
+    assert any(not torch.equal(p, weights[k]) for k, p in fresh.model.state_dict().items())
+
+    result = train(cfg, progress=False, dataset=data)
+    assert (result["start_step"], result["step"]) == (0, 3)
+    file.unlink()  # resuming reads the run's own checkpoint, not the export
+    resumed = train(config(tmp_path, "finetune", steps=5, init_from=str(file)), progress=False, dataset=data)
+    assert (resumed["start_step"], resumed["step"]) == (3, 5)
+    with pytest.raises(CheckpointError, match="no weights file"):  # a fresh run needs it
+        train(config(tmp_path, "new", steps=1, init_from=str(file)), progress=False, dataset=data)
+
+
+def test_fine_tuning_refuses_another_architecture(exported, tmp_path):
+    _, data, file = exported
+    with pytest.raises(ValueError, match=r"differs from this run's in \{'ch': \(4, 8\)\}") as info:
+        Trainer(config(tmp_path, steps=1, init_from=str(file), model_overrides={"ch": 8}), dataset=data)
+    assert "\n" not in str(info.value)
+    changed_dropout = Trainer(
+        config(tmp_path, steps=1, init_from=str(file), model_overrides={"dropout": 0.2}), dataset=data
+    )
+    assert_same_weights(changed_dropout.model.state_dict(), load_weights(file)[0])
+    with pytest.raises(ValueError, match="init_from must be the path of a .safetensors file"):
+        config(tmp_path, init_from="run/checkpoints/ckpt_00000004.pt")

@@ -23,6 +23,7 @@ Public API (stable):
                                                               # the Path. training.export: about 1/4 of a checkpoint
     model, sde, cfg = load_model("digits.safetensors")        # loads like a checkpoint (EMA weights for any `ema`)
     weights, cfg, spectrum, step = load_weights("digits.safetensors")   # the export's content
+    TrainConfig(workdir="runs/ft", ..., init_from="digits.safetensors") # fine-tuning: a fresh run starts from it
 
 Files in a workdir: checkpoints/ckpt_<step>.pt (the last cfg.keep), metrics.jsonl (one JSON line every
 cfg.log_every steps: step, loss, grad_norm, lr, steps_per_s, images_per_s, time), samples/step_<step>.png (every

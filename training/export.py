@@ -1,7 +1,8 @@
-"""Weights-only export of a run with safetensors, and its reader.
+"""Weights-only export of a run with safetensors, its reader, and fine-tuning from an export.
 
     export_weights("runs/digits_nivp", "digits_nivp.safetensors")  # EMA weights of the newest readable checkpoint
     model, sde, cfg = training.load_model("digits_nivp.safetensors")  # same network and SDE as from the workdir
+    TrainConfig(workdir="runs/ft", init_from="digits_nivp.safetensors", ...)  # fine-tune from the export
 
 The file (written atomically) holds the EMA state_dict of the network and, for a data-matched noise covariance
 (noise="data"), its spectrum as the tensor SPECTRUM_KEY; its metadata are format "nidiff-weights", version "1",
@@ -13,6 +14,7 @@ A missing, truncated, corrupted or foreign file raises CheckpointError with one 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,12 +22,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
-from torch import Tensor
+from torch import Tensor, nn
 
+from .build import model_overrides
 from .checkpoint import CheckpointError, content_digest, load_checkpoint, write_atomically
 from .config import TrainConfig
 
-__all__ = ["WEIGHTS_FORMAT", "WEIGHTS_VERSION", "SPECTRUM_KEY", "export_weights", "load_weights"]
+__all__ = ["WEIGHTS_FORMAT", "WEIGHTS_VERSION", "SPECTRUM_KEY", "export_weights", "load_weights", "init_from_weights"]
 
 WEIGHTS_FORMAT = "nidiff-weights"
 WEIGHTS_VERSION = "1"
@@ -92,3 +95,31 @@ def load_weights(file: str | os.PathLike) -> tuple[dict[str, Tensor], TrainConfi
         raise CheckpointError(f"weights file {path} has an unreadable config or step: {type(e).__name__}: {e}") from e
     spectrum = tensors.pop(SPECTRUM_KEY, None)
     return tensors, cfg, spectrum, step
+
+
+def _network_fields(cfg: TrainConfig) -> dict:
+    """UNetConfig fields of the run's network (MODEL_CONFIGS[cfg.model] with model_overrides(cfg)) but dropout."""
+    from models import MODEL_CONFIGS
+
+    if cfg.model not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model config {cfg.model!r}")
+    fields = dataclasses.replace(MODEL_CONFIGS[cfg.model], **model_overrides(cfg)).to_dict()
+    del fields["dropout"]
+    return fields
+
+
+def init_from_weights(model: nn.Module, cfg: TrainConfig) -> None:
+    """Fine-tuning: load the weights of the export cfg.init_from into `model`, the network of the run `cfg`.
+
+    Raises ValueError (one line) when the exported network is another one: a UNetConfig field other than
+    dropout differs (architecture or image shape); CheckpointError when the file is unreadable.
+    """
+    weights, source, _, _ = load_weights(cfg.init_from)
+    mine, theirs = _network_fields(cfg), _network_fields(source)
+    differ = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k]}
+    if differ:
+        raise ValueError(
+            f"init_from {cfg.init_from}: the exported network differs from this run's in {differ} "
+            "(exported, this run); fine-tuning needs the same architecture and image shape"
+        )
+    model.load_state_dict(weights)

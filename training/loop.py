@@ -34,6 +34,7 @@ from .data_order import BatchOrder
 from .distributed import DistContext, all_gather, any_rank, mean_over_ranks, setup_distributed, teardown_distributed
 from .ema import create_ema, ema_state_dict, load_ema_state_dict
 from .events import open_writer
+from .export import init_from_weights
 from .losses import get_loss
 from .rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from .sample_grid import save_sample_grid
@@ -106,6 +107,8 @@ class Trainer:
         item_shape = tuple(torch.as_tensor(dataset[0]).shape)
         if item_shape != self.shape:
             raise ValueError(f"dataset images have shape {item_shape} but model {cfg.model!r} expects {self.shape}")
+        if ckpt is None and cfg.init_from is not None:
+            init_from_weights(model, cfg)  # fine-tuning; the EMA below starts as a copy of these weights
         self.model = model.to(ctx.device)
         self.ema = create_ema(self.model, cfg.ema_decay)
         if ckpt is not None:

@@ -3,6 +3,7 @@
 Public API (stable):
 
     from training import TrainConfig, train, load_checkpoint, load_model, score_fn_for, CheckpointError
+    from training import log_scalars, export_weights, load_weights
 
     cfg = TrainConfig(workdir="runs/digits_nivp", dataset="digits", model="digits", sde="nivp", loss="dsm",
                       noise="gff", steps=600, batch_size=64, sample_every=200)
@@ -17,13 +18,12 @@ Public API (stable):
     score_fn = score_fn_for(model, sde, cfg.loss)                                # for sde.reverse / samplers
     ckpt = load_checkpoint("runs/digits_nivp")     # payload dict of the newest readable checkpoint (or of a file)
 
-    log_scalars("runs/digits_nivp", {"eval/frechet_distance": 3.2}, step=600)   # append to the run's TensorBoard
+    log_scalars("runs/digits_nivp", {"eval/frechet_distance": 3.2}, step=600)  # appended to the run's TensorBoard
 
-    export_weights("runs/digits_nivp", "digits.safetensors")  # EMA weights, config, step (+ noise spectrum); returns
-                                                              # the Path. training.export: about 1/4 of a checkpoint
-    model, sde, cfg = load_model("digits.safetensors")        # loads like a checkpoint (EMA weights for any `ema`)
-    weights, cfg, spectrum, step = load_weights("digits.safetensors")   # the export's content
-    TrainConfig(workdir="runs/ft", ..., init_from="digits.safetensors") # fine-tuning: a fresh run starts from it
+    export_weights("runs/digits_nivp", "digits.safetensors")  # -> Path; EMA weights, config, step (training.export)
+    model, sde, cfg = load_model("digits.safetensors")        # as from the workdir; any `ema` gives the EMA weights
+    weights, cfg, spectrum, step = load_weights("digits.safetensors")
+    TrainConfig(workdir="runs/ft", ..., init_from="digits.safetensors")  # fine-tuning: a fresh run starts from it
 
 Files in a workdir: checkpoints/ckpt_<step>.pt (the last cfg.keep), metrics.jsonl (one JSON line every
 cfg.log_every steps: step, loss, grad_norm, lr, steps_per_s, images_per_s, time), samples/step_<step>.png (every

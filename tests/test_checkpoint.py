@@ -225,3 +225,10 @@ def test_sigterm_finishes_the_step_saves_and_exits_0(tmp_path):
     assert result["stopped_by"] == "SIGTERM" and 3 <= result["step"] < 100_000
     assert [p.name for p in list_checkpoints(workdir)] == [f"ckpt_{result['step']:08d}.pt"]
     assert load_checkpoint(workdir)["step"] == result["step"]
+    # the TensorBoard writer was closed: every logged step reached the event file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert [e.step for e in events.Scalars("train/loss")] == logged == list(range(1, result["step"] + 1))

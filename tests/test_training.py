@@ -158,6 +158,27 @@ def test_ema_follows_its_recursion():
     assert not ema.module.training and not ema.module.weight.requires_grad
 
 
+def test_ema_update_equals_the_host_side_lerp_bitwise_in_every_dtype():
+    """The decay computed on the device gives bitwise W_ema.lerp_(W, 1 - ema_decay_at(d, n)) (a Python float),
+    for float32 and float64 parameters alike."""
+    net, d = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2).double()), 0.9
+    ema = create_ema(net, d)
+    expected: list[torch.Tensor] = []
+    for n in range(30):
+        with torch.no_grad():
+            for k, p in enumerate(net.parameters()):
+                g = torch.Generator().manual_seed(100 * n + k)
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+        ema.update_parameters(net)
+        if n == 0:
+            expected = [p.detach().clone() for p in net.parameters()]
+        else:
+            for e, p in zip(expected, net.parameters()):
+                e.lerp_(p.detach(), 1.0 - ema_decay_at(d, n))
+    for e, p in zip(expected, ema.module.parameters()):
+        assert p.dtype == e.dtype and torch.equal(p, e)
+
+
 def test_batch_order_partitions_epochs_over_ranks_and_resumes():
     data = torch.zeros(50, *SHAPE)
     orders = [BatchOrder(data, batch=4, rank=r, world_size=2, seed=7) for r in range(2)]

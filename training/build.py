@@ -10,19 +10,33 @@ from sde_lib import COLOURED_SDE_NAMES, SDE, SpectralCovariance, make_sde
 
 from .config import TrainConfig
 
-__all__ = ["NOISE_FIT_MAX_IMAGES", "build_model", "build_sde", "needs_spectrum", "fit_noise_spectrum", "dataset_images"]
+__all__ = [
+    "NOISE_FIT_MAX_IMAGES",
+    "model_overrides",
+    "build_model",
+    "build_sde",
+    "needs_spectrum",
+    "fit_noise_spectrum",
+    "dataset_images",
+]
 
 NOISE_FIT_MAX_IMAGES = 10_000
 
 
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """models.create_model(cfg.model, **cfg.model_overrides); loss "ncsn" defaults to an unconditional net u(x)."""
-    from models import create_model
-
+def model_overrides(cfg: TrainConfig) -> dict:
+    """The UNetConfig fields the run replaces: cfg.model_overrides, plus conditional=False by default for loss
+    "ncsn" (an unconditional network u(x))."""
     overrides = dict(cfg.model_overrides)
     if cfg.loss == "ncsn":
         overrides.setdefault("conditional", False)
-    return create_model(cfg.model, **overrides)
+    return overrides
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """models.create_model(cfg.model, **model_overrides(cfg))."""
+    from models import create_model
+
+    return create_model(cfg.model, **model_overrides(cfg))
 
 
 def dataset_images(dataset: Dataset, max_images: int | None = None) -> Tensor:

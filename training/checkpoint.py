@@ -17,7 +17,9 @@ import re
 import time
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import Tensor
@@ -28,6 +30,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "checkpoint_path",
     "list_checkpoints",
+    "write_atomically",
     "save_checkpoint",
     "load_checkpoint",
     "load_latest_checkpoint",
@@ -98,19 +101,17 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
-    """Write `payload` (tensors and builtins only) atomically to `path`: tmp file, flush, fsync, rename, fsync dir."""
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Create or replace `path` atomically: write(f) fills a temporary file in the same directory, which is
+    flushed, fsynced and renamed over `path`, then the directory is fsynced. Readers see the old file or the
+    complete new one; on any error the temporary file is removed and the error propagates."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    record = {"format": FORMAT, "sha256": content_digest(payload), "payload": payload}
     try:
         with open(tmp, "wb") as f:
-            torch.save(record, f)
+            write(f)
             f.flush()
-            delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
-            if delay > 0:
-                time.sleep(delay)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -120,11 +121,30 @@ def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
+    """Write `payload` (tensors and builtins only) with its SHA-256 to `path` through write_atomically."""
+    record = {"format": FORMAT, "sha256": content_digest(payload), "payload": payload}
+
+    def write(f: BinaryIO) -> None:
+        torch.save(record, f)
+        f.flush()
+        delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+
+    return write_atomically(path, write)
+
+
 def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load and verify one checkpoint file; raises CheckpointError / UnsafeCheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
+    if path.suffix == ".safetensors":
+        raise CheckpointError(
+            f"{path} holds exported weights only (training.export_weights), not a training checkpoint; "
+            "load it with training.load_model"
+        )
     try:
         record = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -12,10 +12,22 @@ __all__ = ["TrainConfig", "LOSS_NAMES", "NOISE_NAMES", "RUN_LENGTH_FIELDS"]
 LOSS_NAMES = ("dsm", "ddpm", "ncsn")
 NOISE_NAMES = ("gff", "data")
 
-# Fields that may change when a run is resumed: how long it runs, how often it logs and saves, where it runs.
+# Fields that may change when a run is resumed: how long it runs, how often it logs and saves, where it runs, and
+# init_from (read only by a fresh run: a resumed one continues from its own checkpoint).
 # Every other field defines the experiment and must match the checkpoint's.
 RUN_LENGTH_FIELDS = frozenset(
-    {"workdir", "data_root", "steps", "save_every", "keep", "sample_every", "log_every", "device", "sample_steps"}
+    {
+        "workdir",
+        "data_root",
+        "steps",
+        "save_every",
+        "keep",
+        "sample_every",
+        "log_every",
+        "device",
+        "sample_steps",
+        "init_from",
+    }
 )
 
 
@@ -52,6 +64,9 @@ class TrainConfig:
     device        "cpu", "cuda" or "cuda:k" (under torchrun each rank uses cuda:LOCAL_RANK).
     bf16          bfloat16 autocast of the network on CUDA (ignored on CPU).
     beta_min, beta_max, sigma_min, sigma_max, num_scales   the SDE's parameters (sde_lib.make_sde).
+    init_from     fine-tuning: a .safetensors file of training.export_weights; a fresh run (no checkpoint in
+                  workdir) starts the network and its EMA from its weights, which must be of the same architecture
+                  and image shape (model + model_overrides; dropout may differ). A resumed run ignores it.
     """
 
     workdir: str
@@ -87,6 +102,7 @@ class TrainConfig:
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     num_scales: int = 1000
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.workdir, str) or not self.workdir:
@@ -111,6 +127,12 @@ class TrainConfig:
             raise ValueError(f"grad_clip and weight_decay must be >= 0, got {self.grad_clip}, {self.weight_decay}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.init_from is not None and not (
+            isinstance(self.init_from, str) and self.init_from.endswith(".safetensors")
+        ):
+            raise ValueError(
+                f"init_from must be the path of a .safetensors file of training.export_weights, got {self.init_from!r}"
+            )
 
     def to_dict(self) -> dict:
         """Plain dict of builtins (what checkpoints store); `TrainConfig.from_dict` inverts it."""

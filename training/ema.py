@@ -1,4 +1,5 @@
-"""Exponential moving average of the network weights, kept by torch.optim.swa_utils.AveragedModel."""
+"""Exponential moving average of the network weights, kept by torch.optim.swa_utils.AveragedModel (public torch
+ops only: one Tensor.lerp_ per parameter)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,19 @@ def ema_decay_at(decay: float, n: int) -> float:
 
 
 def _warmed_up_ema(decay: float):
+    """multi_avg_fn of AveragedModel: W_ema <- W_ema + (1 - d_n) (W - W_ema), d_n = ema_decay_at(decay, n).
+
+    d_n is computed on the device of `n_averaged` (float64, then cast to each parameter's dtype), so the update
+    reads nothing back to the host.
+    """
+
     @torch.no_grad()
     def update(ema_params: list[Tensor], model_params: list[Tensor], n_averaged: Tensor) -> None:
-        weight = 1.0 - ema_decay_at(decay, int(n_averaged))
-        torch._foreach_lerp_(ema_params, model_params, weight)  # what swa_utils.get_ema_multi_avg_fn does
+        n = n_averaged.to(torch.float64)
+        weight = 1.0 - torch.clamp((1.0 + n) / (EMA_WARMUP + n), max=decay)
+        by_dtype = {p.dtype: weight.to(p.dtype) for p in ema_params}
+        for p_ema, p in zip(ema_params, model_params, strict=True):
+            p_ema.lerp_(p, by_dtype[p_ema.dtype])
 
     return update
 

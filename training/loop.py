@@ -19,6 +19,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,9 +33,14 @@ from .config import TrainConfig
 from .data_order import BatchOrder
 from .distributed import DistContext, all_gather, any_rank, mean_over_ranks, setup_distributed, teardown_distributed
 from .ema import create_ema, ema_state_dict, load_ema_state_dict
+from .events import open_writer
+from .export import init_from_weights
 from .losses import get_loss
 from .rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from .sample_grid import save_sample_grid
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["train", "Trainer", "METRICS_FILE", "SAMPLES_DIR"]
 
@@ -101,6 +107,8 @@ class Trainer:
         item_shape = tuple(torch.as_tensor(dataset[0]).shape)
         if item_shape != self.shape:
             raise ValueError(f"dataset images have shape {item_shape} but model {cfg.model!r} expects {self.shape}")
+        if ckpt is None and cfg.init_from is not None:
+            init_from_weights(model, cfg)  # fine-tuning; the EMA below starts as a copy of these weights
         self.model = model.to(ctx.device)
         self.ema = create_ema(self.model, cfg.ema_decay)
         if ckpt is not None:
@@ -178,9 +186,18 @@ class Trainer:
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
             path.write_text("".join(line + "\n" for line in kept))
 
-    def _log(self, record: dict) -> None:
+    def _log(self, record: dict, events: SummaryWriter) -> None:
+        """Append a metrics.jsonl line and its loss, lr and grad norm to the TensorBoard events."""
         with open(self.workdir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for name in ("loss", "lr", "grad_norm"):
+            events.add_scalar(f"train/{name}", record[name], global_step=record["step"])
+
+    def _events(self) -> contextlib.AbstractContextManager:
+        """The run's TensorBoard writer on rank 0 (hiding events past a resumed checkpoint), None elsewhere."""
+        if not self.ctx.is_main:
+            return contextlib.nullcontext()
+        return open_writer(self.workdir, purge_step=self.step + 1 if self.step else None)
 
     # ---- the loop --------------------------------------------------------------------------------
     def train_step(self, signals: _StopOnSignal | None = None) -> tuple[float, float, bool]:
@@ -210,9 +227,9 @@ class Trainer:
         self.step += 1
         return loss_value, norm_value, stop
 
-    def _sample_grid(self) -> None:
+    def _sample_grid(self, events: SummaryWriter) -> None:
         cfg = self.cfg
-        save_sample_grid(
+        grid = save_sample_grid(
             self.ema.module,
             self.sde,
             self.loss_fn,
@@ -222,6 +239,7 @@ class Trainer:
             steps=cfg.sample_steps,
             seed=cfg.seed,
         )
+        events.add_image("samples/ema", grid, global_step=self.step)
 
     def run(self, progress: bool) -> dict:
         cfg, ctx = self.cfg, self.ctx
@@ -233,7 +251,7 @@ class Trainer:
         stop = None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and ctx.is_main), desc="train")
         self.net.train()
-        with _StopOnSignal() as signals, bar:
+        with self._events() as events, _StopOnSignal() as signals, bar:
             while self.step < cfg.steps:
                 loss_value, norm_value, stop_requested = self.train_step(signals)
                 losses.append(loss_value)
@@ -253,14 +271,17 @@ class Trainer:
                                 "steps_per_s": rate,
                                 "images_per_s": rate * cfg.batch_size,
                                 "time": now - started,
-                            }
+                            },
+                            events,
                         )
                         bar.set_postfix(loss=f"{mean_loss:.4f}")
                     window_loss, window_norm, window_n, last_log = 0.0, 0.0, 0, now
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save()
+                    if events is not None:
+                        events.flush()  # the events up to a checkpoint are on disk
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and ctx.is_main:
-                    self._sample_grid()
+                    self._sample_grid(events)
                 if stop_requested:
                     stop = signals.requested or "signal on another rank"
                     break

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 import torch
-from torch import nn
-from torchvision.utils import save_image
+from torch import Tensor, nn
+from torchvision.utils import make_grid, save_image
 
 from sde_lib import SDE
 
@@ -26,11 +26,12 @@ def save_sample_grid(
     method: str | None = None,
     steps: int = 100,
     seed: int = 0,
-) -> Path:
+) -> Tensor:
     """Draw `count` samples with samplers.sample (score of `model` under `loss`) and save them as a square grid PNG.
 
     Images in [-1, 1] are clipped and mapped to [0, 1]; the generator is seeded with `seed`, so grids of one run
-    at different steps start from the same noise. method=None uses the sampler's default method.
+    at different steps start from the same noise. method=None uses the sampler's default method. Returns the
+    grid image written, (3, H', W') float in [0, 1] on the CPU (grey images are repeated over 3 channels).
     """
     try:
         from samplers import sample
@@ -48,7 +49,10 @@ def save_sample_grid(
         x, _ = sample(sde, score_fn_for(model, sde, loss), shape, **kwargs)
     finally:
         model.train(was_training)
+    grid = make_grid(
+        x.float().cpu().clamp(-1, 1) * 0.5 + 0.5, nrow=math.ceil(math.sqrt(count)), padding=1, pad_value=0.5
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(x.float().clamp(-1, 1) * 0.5 + 0.5, path, nrow=math.ceil(math.sqrt(count)), padding=1, pad_value=0.5)
-    return path
+    save_image(grid, path)
+    return grid

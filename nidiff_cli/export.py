@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from training import export_weights
+
 from .common import UsageError
 
 
@@ -18,8 +20,6 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.workdir.exists():
         raise UsageError(f"{str(args.workdir)!r} does not exist (train a model first: python run.py train ...)")
-    from training import export_weights
-
     path = export_weights(args.workdir, args.out)
     print(f"weights {path} ({path.stat().st_size / 2**20:.1f} MiB); use it as --checkpoint or train --init-from")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import time
 
 import evaluation
-from training import load_model, train
+from training import load_model, log_scalars, train
 
 from .common import (
     EXIT_INTERRUPTED,
@@ -109,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         }
     metrics["total_seconds_this_call"] = round(time.perf_counter() - started, 1)
     metrics.update(provenance(cfg))
+    scalars = {f"eval/{k}": metrics[k] for k in ("frechet_distance", "fd_over_floor", "precision", "recall")}
+    if "bits_per_dim" in metrics:
+        scalars["eval/bits_per_dim"] = metrics["bits_per_dim"]["mean"]
+    log_scalars(workdir, scalars, result["step"])
     write_json(workdir / "metrics.json", metrics)
     print_summary(workdir, grid, metrics)
     return 0

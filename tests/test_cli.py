@@ -333,3 +333,33 @@ def test_sigterm_during_sampling_writes_what_it_has(main_run, tmp_path):
     samples = np.load(tmp_path / "s" / "samples.npz")["samples"]
     assert info["interrupted"] is True and 4 <= info["samples"] < 100000 and len(samples) == info["samples"]
     assert f"{info['samples']} of 100000" in out
+
+
+def test_main_job_logs_its_metrics_to_tensorboard(main_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir, _ = main_run
+    events = EventAccumulator(str(workdir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "eval/frechet_distance", "eval/bits_per_dim"} <= tags
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    logged = events.Scalars("eval/frechet_distance")[-1]
+    assert logged.step == 30 and logged.value == pytest.approx(metrics["frechet_distance"], rel=1e-6)
+
+
+def test_export_then_sample_from_the_file_then_fine_tune_from_it(main_run, tmp_path):
+    workdir, _ = main_run
+    weights = tmp_path / "digits.safetensors"
+    ok(cli("export", "--workdir", str(workdir), "--out", str(weights)))
+    checkpoint = sorted((workdir / "checkpoints").glob("ckpt_*.pt"))[-1]
+    assert weights.stat().st_size < 0.5 * checkpoint.stat().st_size
+    ok(cli("sample", "--checkpoint", str(weights), "--sampler", "ddim", "--sample-steps", "4", "--num-samples", "6",
+           "--out", str(tmp_path / "s")))  # fmt: skip
+    assert np.load(tmp_path / "s" / "samples.npz")["samples"].shape == (6, 8, 8, 1)
+    out = ok(cli("train", *TINY, "--init-from", str(weights), "--workdir", str(tmp_path / "ft"), "--train-steps", "3",
+                 "--batch-size", "8"))  # fmt: skip
+    assert "step 3" in out
+    refused = cli("train", "--config", "digits", "--init-from", str(weights), "--workdir", str(tmp_path / "ft2"),
+                  "--train-steps", "1")  # fmt: skip
+    one_line_error(refused, "run.py train: error:")  # the tiny network does not fit the digits architecture

@@ -363,3 +363,13 @@ def test_export_then_sample_from_the_file_then_fine_tune_from_it(main_run, tmp_p
     refused = cli("train", "--config", "digits", "--init-from", str(weights), "--workdir", str(tmp_path / "ft2"),
                   "--train-steps", "1")  # fmt: skip
     one_line_error(refused, "run.py train: error:")  # the tiny network does not fit the digits architecture
+
+
+@pytest.mark.skipif(shutil.which("nidiff") is None, reason="the nidiff console script is not installed")
+def test_the_console_script_runs_the_same_program(tmp_path):
+    proc = subprocess.run(["nidiff", "config", "--config", "tiny"], capture_output=True, text=True, env=ENV,
+                          cwd=tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ok(cli("config", "--config", "tiny", cwd=tmp_path))
+    help_text = subprocess.run(["nidiff", "--help"], capture_output=True, text=True, env=ENV, timeout=120).stdout
+    assert "usage: nidiff" in help_text and "main" in help_text

@@ -32,13 +32,13 @@ def run(args: argparse.Namespace) -> int:
     data = data_split(cfg.data.dataset, cfg.data.root, "train", args.download).images()
     shape = (data.shape[1], args.size, args.size)
     generator = torch.Generator().manual_seed(cfg.seed)
-    eps = torch.randn((args.count, *shape), generator=generator, dtype=torch.float64)
-    eps_data = torch.randn((args.count, *data.shape[1:]), generator=generator, dtype=torch.float64)
+    eps = torch.randn((args.count, *shape), generator=generator, dtype=torch.float64).to(cfg.device)
+    eps_data = torch.randn((args.count, *data.shape[1:]), generator=generator, dtype=torch.float64).to(cfg.device)
     side, data_side = f"{shape[-2]}x{shape[-1]}", f"{data.shape[-2]}x{data.shape[-1]}"
-    rows = [(f"white noise, Sigma = I ({side})", eps / 3)]
-    rows += [(f"GFF power {p:g} ({side})", GFFCovariance(shape, power=p).sqrt_mul(eps) / 3) for p in args.powers]
+    rows = [(f"white noise, Sigma = I ({side})", eps.cpu() / 3)]
+    rows += [(f"GFF power {p:g} ({side})", GFFCovariance(shape, power=p).sqrt_mul(eps).cpu() / 3) for p in args.powers]
     spectral = SpectralCovariance.from_data(data.double())
-    rows.append((f"{cfg.data.dataset}-matched spectrum ({data_side})", spectral.sqrt_mul(eps_data) / 3))
+    rows.append((f"{cfg.data.dataset}-matched spectrum ({data_side})", spectral.sqrt_mul(eps_data).cpu() / 3))
     rows.append((f"{cfg.data.dataset} images ({data_side})", data[: args.count]))
     out = (args.out or args.workdir or pathlib.Path("runs/noise")) / "noise.png"
     evaluation.render_rows(rows, out, cell=max(64, shape[-1], data.shape[-1]))

@@ -15,6 +15,7 @@ from sde_lib import SDE_NAMES
 from training import load_model, train
 
 from .common import (
+    EXIT_INTERRUPTED,
     UsageError,
     add_common,
     choice_list,
@@ -30,7 +31,7 @@ from .runs import check_data_args, check_sampler, data_split, digits_metric, sde
 from .sampling import draw
 
 LABELS = {"vp": "VP (white)", "nivp": "NIVP (GFF)", "subvp": "subVP", "ve": "VE (white)", "nive": "NI-VE (GFF)"}
-FIELDS = ["sde", "sampler", "steps", "nfe", "fid", "kid", "precision", "recall", "seconds"]
+FIELDS = ["sde", "sampler", "steps", "nfe", "fid", "kid", "precision", "recall", "seconds", "commit", "torch"]
 
 
 def add_parser(sub) -> None:
@@ -73,19 +74,23 @@ def run(args: argparse.Namespace) -> int:
     elif args.ref_stats is None:
         ref_dir = workdir / "reference_test"
         evaluation.save_png_folder(data_split(cfg.data.dataset, cfg.data.root, "test").images(), ref_dir)
-    rows, started = [], time.perf_counter()
+    rows, started, origin = [], time.perf_counter(), provenance(cfg)
     csv_path, md_path = workdir / "table1.csv", workdir / "table1.md"
     for name in args.sdes:
         run_dir = workdir / name
         write_config(cells[name], run_dir)
-        train(train_config(cells[name], run_dir), progress=True)
+        trained = train(train_config(cells[name], run_dir), progress=True)
+        if trained["stopped_by"]:
+            return stopped(trained["stopped_by"], f"training {name} stopped at step {trained['step']}", csv_path)
         model, sde, run_cfg = load_model(run_dir, ema=True, device=cfg.device)
         for steps in args.step_counts:
             for method in args.samplers:
                 t0 = time.perf_counter()
                 cell = cells[name]
                 cell.sampling.method, cell.sampling.steps = method, steps
-                x, nfe, _ = draw(model, sde, run_cfg, cell)
+                x, nfe, signal_name = draw(model, sde, run_cfg, cell)
+                if signal_name:
+                    return stopped(signal_name, f"sampling {name} {method} {steps} was cut short", csv_path)
                 if metric == "digits":
                     s = digits.evaluate(x)
                     scores = {"fid": s["frechet_distance"], "kid": float("nan"), **s}
@@ -102,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
                 row = {"sde": name, "sampler": method, "steps": steps, "nfe": nfe}
                 row.update({k: scores[k] for k in ("fid", "kid", "precision", "recall")})
                 row["seconds"] = round(time.perf_counter() - t0, 1)
+                row.update({k: origin[k] for k in ("commit", "torch")})
                 rows.append(row)
-                tqdm.write(f"{name} {method} {steps}: " + ", ".join(f"{k} {row[k]:.4g}" for k in FIELDS[3:]))
+                tqdm.write(f"{name} {method} {steps}: " + ", ".join(f"{k} {row[k]:.4g}" for k in FIELDS[3:9]))
                 write_csv(csv_path, rows)
     score = "FID" if metric == "inception" else "FD"
     table = evaluation.table_markdown(rows, args.sdes, LABELS, score)
@@ -119,6 +125,12 @@ def run(args: argparse.Namespace) -> int:
     md_path.write_text(table + "\n\n" + note + "\n")
     print(table + "\n\n" + note + f"\n\nCSV {csv_path}\nmarkdown {md_path}")
     return 0
+
+
+def stopped(signal_name: str, what: str, csv_path: pathlib.Path) -> int:
+    """SIGINT / SIGTERM: the rows finished so far are in the CSV; exit 130 after SIGINT, 0 after SIGTERM."""
+    print(f"interrupted by {signal_name}: {what}; the finished rows are in {csv_path}")
+    return EXIT_INTERRUPTED if signal_name == "SIGINT" else 0
 
 
 def write_csv(path: pathlib.Path, rows: list[dict]) -> None:

@@ -193,11 +193,15 @@ def test_table_runs_the_protocol_grid(main_run, tmp_path):
             assert float(r["nfe"]) == float(r["steps"])  # one network evaluation per ancestral step
     assert "| sampler | steps | VP (white) FD | VP (white) P | VP (white) R | NIVP (GFF) FD |" in out, out
     assert (workdir / "table1.md").read_text().startswith("| sampler | steps |")
+    assert {r["commit"] for r in rows} == {metrics_commit()} and {r["torch"] for r in rows} == {torch.__version__}
+    ok(cli("plot", "--table", str(workdir / "table1.csv")))
+    assert Image.open(workdir / "table1.png").size[0] > 100
     assert sorted(p.name for p in workdir.iterdir()) == [
         "digits_classifier.pt",
         "nivp",
         "table1.csv",
         "table1.md",
+        "table1.png",
         "vp",
     ]
 
@@ -373,3 +377,27 @@ def test_the_console_script_runs_the_same_program(tmp_path):
     assert proc.stdout == ok(cli("config", "--config", "tiny", cwd=tmp_path))
     help_text = subprocess.run(["nidiff", "--help"], capture_output=True, text=True, env=ENV, timeout=120).stdout
     assert "usage: nidiff" in help_text and "main" in help_text
+
+
+def metrics_commit() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def test_plot_writes_the_loss_curve_of_a_run(main_run, tmp_path):
+    workdir, _ = main_run
+    out = ok(cli("plot", "--workdir", str(workdir), "--out", str(tmp_path)))
+    assert str(tmp_path / "loss.png") in out and Image.open(tmp_path / "loss.png").size[0] > 100
+    one_line_error(cli("plot", "--workdir", str(tmp_path)), "metrics.jsonl", "does not exist")
+
+
+@pytest.mark.parametrize("content", [None, b"not a png"])
+def test_an_empty_folder_or_a_corrupt_image_stops_with_one_line(content, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    if content is not None:
+        (folder / "broken.png").write_bytes(content)
+    code = run.main(["train", *TINY, "--dataset", "folder", "--data-root", str(folder), "--train-steps", "1"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert ("broken.png" if content else "images") in err[0] and "Traceback" not in err[0]

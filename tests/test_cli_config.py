@@ -149,3 +149,20 @@ def test_cuda_index_out_of_range_is_refused(monkeypatch, capsys):
     assert run.main(["config", "--device", "cuda:2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "2 CUDA device(s)" in err and len(err.splitlines()) == 1
+
+
+def test_the_readme_toml_example_is_a_valid_configuration(tmp_path, capsys):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    assert blocks, "README has no TOML example"
+    file = tmp_path / "my_run.toml"
+    file.write_text(blocks[0])
+    tree = _toml(capsys, ["config", "--config", str(file)])
+    assert (
+        tree["noise"]["power"] == 1.5 and tree["model"]["ch"] == 96 and tree["sampling"]["options"] == {"var": "beta"}
+    )
+    cfg = train_config(load_config(file), tmp_path / "run")  # a valid training configuration
+    assert cfg.loss == "ddpm" and cfg.model_overrides == {"ch": 96}

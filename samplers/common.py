@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 import kernels
 from kernels.noise import white_noise
 from sde_lib import SDE
 
+from .progress import progress
 from .score_model import Scale, as_score_model
 
 __all__ = [
@@ -139,8 +139,8 @@ class Run:
 
     def steps(self, items: Iterable, total: int, desc: str) -> Iterator:
         """`items`, with a tqdm bar when the run shows progress."""
-        return iter(tqdm(items, total=total, desc=desc, disable=not self.show_progress, leave=False))
+        return iter(progress(items, total=total, desc=desc, disable=not self.show_progress, leave=False))
 
-    def progress_bar(self, desc: str) -> tqdm:
+    def progress_bar(self, desc: str):
         """An open-ended tqdm bar (advance it with .update(), end it with .close()); inert without progress."""
-        return tqdm(desc=desc, disable=not self.show_progress, leave=False)
+        return progress(desc=desc, disable=not self.show_progress, leave=False)

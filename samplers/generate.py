@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sde_lib import SDE
 
@@ -37,7 +36,7 @@ def sample_batches(
     from . import sample
 
     generator = torch.Generator(device).manual_seed(seed)
-    bar = tqdm(total=n, desc=f"sampling {method}", unit="img", disable=not progress, leave=False)
+    bar = progress(total=n, desc=f"sampling {method}", unit="img", disable=not progress, leave=False)
     try:
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)

@@ -23,35 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
-from .cifar10 import (
-    CIFAR10_MD5,
-    CIFAR10_URL,
-    SafeCIFAR10,
-    download_cifar10,
-    extract_tar,
-    load_cifar10,
-    verify_md5,
-)
 from .image_dataset import SPLITS, DataError, ImageDataset
 
 __all__ = [
     "DATASET_NAMES",
     "SPLITS",
-    "CIFAR10_URL",
-    "CIFAR10_MD5",
     "DataError",
     "ImageDataset",
-    "SafeCIFAR10",
     "load_dataset",
     "dataset_levels",
     "load_digits",
-    "load_cifar10",
     "load_folder",
-    "download_cifar10",
-    "verify_md5",
-    "extract_tar",
 ]
 
 DATASET_NAMES = ("digits", "cifar10", "folder")
@@ -107,6 +90,8 @@ def load_dataset(
         return load_digits(split, seed, flip)
     if root is None:
         raise ValueError("cifar10 needs root (a cifar-10-batches-py directory, its parent, or an .npz file)")
+    from .cifar10 import download_cifar10, load_cifar10
+
     if download:
         download_cifar10(root)
     return load_cifar10(root, split, flip)
@@ -145,6 +130,8 @@ def load_folder(
     (channels=3), scaled so that its shorter side is image_size and centre-cropped (PIL ImageOps.fit, bicubic).
     Other files are not images and are ignored. No image at all, or an image file that cannot be opened or decoded,
     raises DataError naming the folder or the file."""
+    from PIL import Image, ImageOps  # image files: only folder data sets need pillow
+
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if channels not in (1, 3):
@@ -176,3 +163,16 @@ def load_folder(
         arrays.append(np.asarray(im, dtype=np.uint8).reshape(image_size, image_size, channels))
     pixels = torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
     return ImageDataset(pixels, 256, None, flip)
+
+
+_CIFAR10_NAMES = ("CIFAR10_URL", "CIFAR10_MD5", "SafeCIFAR10", "load_cifar10", "download_cifar10", "verify_md5",
+                  "extract_tar")  # fmt: skip
+
+
+def __getattr__(name: str):
+    """The CIFAR-10 names, from training.cifar10, imported on first use (it needs torchvision)."""
+    if name in _CIFAR10_NAMES:
+        from . import cifar10
+
+        return getattr(cifar10, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,8 +20,6 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from .build import model_overrides
@@ -62,6 +60,8 @@ def export_weights(path_or_workdir: str | os.PathLike, out_file: str | os.PathLi
         "step": str(int(ckpt["step"])),
     }
     metadata["sha256"] = _digest(tensors, metadata)
+    from safetensors.torch import save as safetensors_bytes
+
     data = safetensors_bytes(tensors, metadata=metadata)
     return write_atomically(out, lambda f: f.write(data))
 
@@ -75,6 +75,8 @@ def load_weights(file: str | os.PathLike) -> tuple[dict[str, Tensor], TrainConfi
     path = Path(file)
     if not path.is_file():
         raise CheckpointError(f"no weights file at {path}")
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+
+from samplers.progress import progress as progress_bar
 
 from .build import build_model, build_sde, fit_noise_spectrum, needs_spectrum
 from .checkpoint import checkpoint_path, load_latest_checkpoint, prune_checkpoints, save_checkpoint
@@ -249,7 +250,7 @@ class Trainer:
         window_loss, window_norm, window_n = 0.0, 0.0, 0
         started = last_log = time.perf_counter()
         stop = None
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and ctx.is_main), desc="train")
+        bar = progress_bar(total=cfg.steps, initial=self.step, disable=not (progress and ctx.is_main), desc="train")
         self.net.train()
         with self._events() as events, _StopOnSignal() as signals, bar:
             while self.step < cfg.steps:

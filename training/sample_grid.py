@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.utils import make_grid, save_image
 
 from sde_lib import SDE
 
@@ -33,10 +32,10 @@ def save_sample_grid(
     at different steps start from the same noise. method=None uses the sampler's default method. Returns the
     grid image written, (3, H', W') float in [0, 1] on the CPU (grey images are repeated over 3 channels).
     """
-    try:
-        from samplers import sample
-    except ImportError as e:
-        raise ImportError("the sample grid (sample_every > 0) needs the `samplers` package; set sample_every=0") from e
+    from torchvision.utils import make_grid, save_image  # the grid's writer: only runs that draw grids need it
+
+    from samplers import sample
+
     device = next(model.parameters()).device
     shape = (int(count), *model.config.image_shape)
     generator = torch.Generator(device).manual_seed(int(seed))

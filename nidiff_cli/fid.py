@@ -18,6 +18,7 @@ from .common import (
     write_json,
 )
 from .flags import add_checkpoint, add_data, add_sampling
+from .ranks import processes
 from .runs import check_sampler, data_split, digits_metric, load_run
 from .sampling import draw
 
@@ -53,6 +54,13 @@ def fresh_png_folder(folder: pathlib.Path, images) -> pathlib.Path:
 def run(args: argparse.Namespace) -> int:
     args.workdir = args.workdir or pathlib.Path("runs/digits_nivp")
     cfg = resolve_config(args, read_run_config(args.workdir))
+    with processes(cfg) as ctx:
+        return _run(args, cfg, ctx)
+
+
+def _run(args: argparse.Namespace, cfg, ctx) -> int:
+    """Samples are drawn by every rank; rank 0 gathers them, computes the features of all n samples and the
+    metrics (it holds n x C x H x W samples and n x d features, d = 2048 for Inception, 64 for digits)."""
     out_dir = args.out or args.workdir / "fid"
     for flag, folder in (("--images", args.images), ("--ref", args.ref)):
         if folder is not None and not folder.is_dir():
@@ -64,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         source = args.checkpoint or args.workdir
         model, sde, run_cfg = load_run(source, cfg.device)
         check_sampler(cfg.sampling, sde, tuple(model.config.image_shape))
-        x, nfe, stopped = draw(model, sde, run_cfg, cfg)
+        x, nfe, stopped = draw(model, sde, run_cfg, cfg, ctx)
+        if not ctx.is_main:
+            return 0
         images = fresh_png_folder(out_dir / "samples", x)
         print(f"{len(x)} samples from {source} ({cfg.sampling.method}, NFE {nfe:g}) in {images}")
         if stopped:
@@ -72,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
                                               **provenance(cfg)})  # fmt: skip
             print(f"interrupted by {stopped}: {len(x)} samples written, nothing scored")
             return EXIT_INTERRUPTED if stopped == "SIGINT" else 0
+    elif not ctx.is_main:
+        return 0
     else:
         images = args.images
     dataset = cfg.data.dataset

@@ -7,12 +7,13 @@ import pathlib
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 import evaluation
 import samplers
+from samplers.progress import progress
 from sde_lib import SDE
 from training import TrainConfig, score_fn_for
+from training.distributed import DistContext
 
 from .common import (
     EXIT_INTERRUPTED,
@@ -29,6 +30,7 @@ from .common import (
 )
 from .config import Config
 from .flags import add_checkpoint, add_data
+from .ranks import SINGLE, gather_batches, my_batches, processes
 from .runs import data_split, load_run
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
@@ -52,42 +54,60 @@ def add_parser(sub) -> None:
 
 
 def bits_per_dim(
-    model: nn.Module, sde: SDE, run: TrainConfig, cfg: Config, pixels: Tensor, levels: int, **options
-) -> tuple[dict, str | None]:
-    """({mean, standard_error, images, levels, nfe, per_image}, the signal that stopped it or None): bits/dim of
-    integer `pixels` in batches of cfg.sampling.batch_size (samplers.bits_per_dim), stopped cleanly by SIGINT or
-    SIGTERM after the batches done."""
+    model: nn.Module,
+    sde: SDE,
+    run: TrainConfig,
+    cfg: Config,
+    pixels: Tensor,
+    levels: int,
+    ctx: DistContext = SINGLE,
+    **options,
+) -> tuple[dict | None, str | None]:
+    """({mean, standard_error, images, levels, nfe, per_image} on rank 0, None elsewhere; the signal that stopped
+    it or None): bits/dim of integer `pixels` in batches of cfg.sampling.batch_size (samplers.bits_per_dim), each
+    rank taking its share of the batches; batch j's dequantisation and probe come from samplers.batch_seed(seed, j),
+    so the result does not depend on the number of processes. SIGINT / SIGTERM stop after the batches done."""
     score_fn = score_fn_for(model, sde, run.loss)
-    generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
-    out, nfes, stopped = [], [], None
     batch = cfg.sampling.batch_size
+    mine, stopped = [], None
     with interruptible():
         try:
-            for start in tqdm(range(0, len(pixels), batch), desc="bits/dim", leave=False):
-                images = pixels[start : start + batch].to(cfg.device)
+            count = -(-len(pixels) // batch)
+            for j in progress(my_batches(count, ctx), desc="bits/dim", leave=False, disable=not ctx.is_main):
+                images = pixels[j * batch : (j + 1) * batch].to(cfg.device)
+                generator = torch.Generator(cfg.device).manual_seed(samplers.batch_seed(cfg.seed, j))
                 bpd, nfe = samplers.bits_per_dim(sde, score_fn, images, levels=levels, generator=generator, **options)
-                out.append(bpd.detach().double().cpu())
-                nfes.append(nfe)
+                mine.append((j, (bpd.detach().double().cpu(), nfe)))
         except Interrupted as err:
             stopped = err.signal_name
-    values = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+    batches = gather_batches(ctx, mine)
+    if batches is None:
+        return None, stopped
+    values = torch.cat([v for v, _ in batches]) if batches else torch.zeros(0, dtype=torch.float64)
     mean, sem = evaluation.mean_and_sem(values) if len(values) else (float("nan"), float("nan"))
     summary = {"mean": mean, "standard_error": sem, "images": len(values), "levels": levels,
-               "nfe": sum(nfes) / max(len(nfes), 1), "per_image": values.tolist()}  # fmt: skip
+               "nfe": sum(n for _, n in batches) / max(len(batches), 1), "per_image": values.tolist()}  # fmt: skip
     return summary, stopped
 
 
 def run(args: argparse.Namespace) -> int:
     args.workdir = args.workdir or pathlib.Path("runs/digits_nivp")
     cfg = resolve_config(args, read_run_config(args.workdir))
+    with processes(cfg) as ctx:
+        return _run(args, cfg, ctx)
+
+
+def _run(args: argparse.Namespace, cfg: Config, ctx: DistContext) -> int:
     source = args.checkpoint or args.workdir
     model, sde, run_cfg = load_run(source, cfg.device)
     split = data_split(cfg.data.dataset, cfg.data.root, args.split)
     pixels = split.pixels[: args.num_images]
     result, stopped = bits_per_dim(
-        model, sde, run_cfg, cfg, pixels, split.levels, dequantize=not args.no_dequantize,
+        model, sde, run_cfg, cfg, pixels, split.levels, ctx, dequantize=not args.no_dequantize,
         divergence=args.divergence, rtol=args.rtol, atol=args.atol, solver=args.solver,
     )  # fmt: skip
+    if not ctx.is_main:
+        return 0
     out = {
         "interrupted": stopped is not None,
         "checkpoint": str(source),
@@ -98,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         "rtol": args.rtol,
         "atol": args.atol,
         "solver": args.solver,
+        "processes": ctx.world_size,
         "bits_per_dim": result.pop("mean"),
         **result,
         **provenance(cfg),

@@ -9,6 +9,7 @@ import evaluation
 
 from .common import EXIT_INTERRUPTED, add_common, provenance, read_run_config, resolve_config, write_json
 from .flags import add_checkpoint, add_sampling
+from .ranks import processes
 from .runs import check_sampler, load_run
 from .sampling import draw
 
@@ -24,15 +25,19 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     args.workdir = args.workdir or pathlib.Path("runs/digits_nivp")
     cfg = resolve_config(args, read_run_config(args.workdir))
-    source = args.checkpoint or args.workdir
-    model, sde, run_cfg = load_run(source, cfg.device)
-    check_sampler(cfg.sampling, sde, tuple(model.config.image_shape))
-    x, nfe, stopped = draw(model, sde, run_cfg, cfg)
+    with processes(cfg) as ctx:
+        source = args.checkpoint or args.workdir
+        model, sde, run_cfg = load_run(source, cfg.device)
+        check_sampler(cfg.sampling, sde, tuple(model.config.image_shape))
+        x, nfe, stopped = draw(model, sde, run_cfg, cfg, ctx)
+    if not ctx.is_main:
+        return 0
     out = args.out or args.workdir / "samples"
     npz = evaluation.save_samples_npz(x, out / "samples.npz")
     s = cfg.sampling
     summary = {"interrupted": stopped is not None, "checkpoint": str(source), "method": s.method, "steps": s.steps,
-               "options": s.options, "samples": len(x), "nfe": nfe, **provenance(cfg)}  # fmt: skip
+               "options": s.options, "samples": len(x), "batch_size": s.batch_size, "nfe": nfe,
+               "processes": ctx.world_size, **provenance(cfg)}  # fmt: skip
     write_json(out / "samples.json", summary)
     if len(x):
         grid = evaluation.save_grid(x, out / "grid.png", upscale=4 if x.shape[-1] < 32 else 1)

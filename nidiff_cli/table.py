@@ -27,6 +27,7 @@ from .common import (
 )
 from .config import train_config
 from .flags import SAMPLERS, add_data, add_experiment, add_sampling
+from .ranks import processes
 from .runs import check_data_args, check_sampler, data_split, digits_metric, sde_of
 from .sampling import draw
 
@@ -54,6 +55,12 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
+    with processes(cfg) as ctx:
+        return _run(args, cfg, ctx)
+
+
+def _run(args: argparse.Namespace, cfg, ctx) -> int:
+    """Every rank trains (DDP) and draws its share of each cell's samples; rank 0 scores and writes."""
     workdir = args.workdir or pathlib.Path("runs") / f"table1_{cfg.data.dataset}"
     metric = args.metric or ("digits" if cfg.data.dataset == "digits" else "inception")
     check_data_args(cfg.data.dataset, cfg.data.root)
@@ -67,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
         for method in args.samplers:
             cells[name].sampling.method = method
             check_sampler(cells[name].sampling, sde_of(cells[name], shape), shape, steps=1)
-    if metric == "digits":
-        if cfg.data.dataset != "digits":
-            raise UsageError(f"--metric digits scores 8x8 digits; use --metric inception for {cfg.data.dataset}")
+    if metric == "digits" and cfg.data.dataset != "digits":
+        raise UsageError(f"--metric digits scores 8x8 digits; use --metric inception for {cfg.data.dataset}")
+    if not ctx.is_main:
+        pass
+    elif metric == "digits":
         digits, _ = digits_metric(workdir, cfg.seed)
     elif args.ref_stats is None:
         ref_dir = workdir / "reference_test"
@@ -78,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     csv_path, md_path = workdir / "table1.csv", workdir / "table1.md"
     for name in args.sdes:
         run_dir = workdir / name
-        write_config(cells[name], run_dir)
+        if ctx.is_main:
+            write_config(cells[name], run_dir)
         trained = train(train_config(cells[name], run_dir), progress=True)
         if trained["stopped_by"]:
             return stopped(trained["stopped_by"], f"training {name} stopped at step {trained['step']}", csv_path)
@@ -88,9 +98,11 @@ def run(args: argparse.Namespace) -> int:
                 t0 = time.perf_counter()
                 cell = cells[name]
                 cell.sampling.method, cell.sampling.steps = method, steps
-                x, nfe, signal_name = draw(model, sde, run_cfg, cell)
+                x, nfe, signal_name = draw(model, sde, run_cfg, cell, ctx)
                 if signal_name:
                     return stopped(signal_name, f"sampling {name} {method} {steps} was cut short", csv_path)
+                if not ctx.is_main:
+                    continue
                 if metric == "digits":
                     s = digits.evaluate(x)
                     scores = {"fid": s["frechet_distance"], "kid": float("nan"), **s}
@@ -111,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
                 rows.append(row)
                 tqdm.write(f"{name} {method} {steps}: " + ", ".join(f"{k} {row[k]:.4g}" for k in FIELDS[3:9]))
                 write_csv(csv_path, rows)
+    if not ctx.is_main:
+        return 0
     score = "FID" if metric == "inception" else "FD"
     table = evaluation.table_markdown(rows, args.sdes, LABELS, score)
     space = f"Inception-v3 (clean-fid, {args.mode})" if metric == "inception" else "digits-classifier"

@@ -42,14 +42,23 @@ from sde_lib import SDE, NotApplicableError
 from .common import Run, ScoreFn
 from .discrete import sample_ddim, sample_ddpm
 from .dpm_solver import sample_dpm2m
-from .generate import sample_batches
+from .generate import batch_seed, sample_batches
 from .likelihood import bits_per_dim, log_likelihood
 from .ode import sample_ode
 from .pc import sample_pc
 from .score_model import ScoreModel, score_fn_from_eps
 from .smld import sample_als, sample_cas
 
-__all__ = ["METHODS", "sample", "log_likelihood", "bits_per_dim", "score_fn_from_eps", "ScoreModel", "sample_batches"]
+__all__ = [
+    "METHODS",
+    "sample",
+    "log_likelihood",
+    "bits_per_dim",
+    "score_fn_from_eps",
+    "ScoreModel",
+    "sample_batches",
+    "batch_seed",
+]
 
 METHODS = {
     "pc": sample_pc,

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from sde_lib import SDE
 
 from .common import ScoreFn
+from .progress import progress as progress_bar
 
-__all__ = ["sample_batches"]
+__all__ = ["sample_batches", "batch_seed"]
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of global batch `index` of a run seeded with `seed`: `seed` itself for batch 0, else a 63-bit hash
+    of (seed, index) (numpy SeedSequence). A batch's randomness thus depends on (seed, batch index) alone, whichever
+    process draws it."""
+    if index == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 @torch.no_grad()
@@ -27,22 +38,28 @@ def sample_batches(
     device: torch.device | str = "cpu",
     options: dict | None = None,
     progress: bool = True,
-) -> Iterator[tuple[Tensor, int]]:
-    """Yield (samples of one batch as float32 on the CPU, its number of score evaluations) until n are drawn.
+    batches: Iterable[int] | None = None,
+) -> Iterator[tuple[int, Tensor, int]]:
+    """Yield (batch index, samples of the batch as float32 on the CPU, its number of score evaluations) for the
+    global batches `batches` (default: all, ceil(n / batch_size) of them) of n samples in batches of batch_size.
 
-    One generator, seeded once with `seed`, draws every batch's noise, so a run is reproducible; stopping the
-    iteration early (an interrupt) keeps the batches already yielded.
+    Batch j holds samples j * batch_size ... and draws its noise from a generator seeded with batch_seed(seed, j),
+    so a sample depends on (seed, its index, batch_size) only, whichever process draws it; stopping the iteration
+    early (an interrupt) keeps the batches already yielded.
     """
     from . import sample
 
-    generator = torch.Generator(device).manual_seed(seed)
-    bar = progress(total=n, desc=f"sampling {method}", unit="img", disable=not progress, leave=False)
+    count = -(-n // batch_size)
+    batches = range(count) if batches is None else list(batches)
+    total = sum(min(batch_size, n - j * batch_size) for j in batches)
+    bar = progress_bar(total=total, desc=f"sampling {method}", unit="img", disable=not progress, leave=False)
     try:
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
+        for j in batches:
+            b = min(batch_size, n - j * batch_size)
+            generator = torch.Generator(device).manual_seed(batch_seed(seed, j))
             x, nfe = sample(sde, score_fn, (b, *image_shape), method, steps, generator, False, device, None,
                             **(options or {}))  # fmt: skip
             bar.update(b)
-            yield x.float().cpu(), nfe
+            yield j, x.float().cpu(), nfe
     finally:
         bar.close()

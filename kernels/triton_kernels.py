@@ -3,6 +3,11 @@
 `_normals` reproduces `kernels.noise` (Philox4x64-10 + Box-Muller) inside a kernel; `_pointwise_kernel` computes
 alpha x + beta u + gamma z elementwise; `_spectral_kernel` applies Sigma^p by 2-D Hartley transforms (`_dht`) with
 noise, scaling and axpy fused (docs/math.md §1.3, 1.4).
+
+Integer arguments that change from call to call (the seed; the row count, which follows the batch size) are
+declared `do_not_specialize` and the seed `tl.int64`: otherwise Triton compiles a new variant whenever such a value
+is 1, divisible by 16, or (for the seed) crosses 2**31, i.e. in the middle of a run. Sizes fixed by the covariance
+(C, H, W) stay specialised.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def _normals(seed, rows, Wo, q0, BLOCK_W: tl.constexpr, COMPUTE: tl.constexpr):
 
 
 # ---- kernels -------------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "n_rows"])
 def _pointwise_kernel(
     out_ptr,
     noise_ptr,
@@ -67,7 +72,7 @@ def _pointwise_kernel(
     alpha_ptr,
     beta_ptr,
     gamma_ptr,
-    seed,
+    seed: tl.int64,
     n_rows,
     rows_per_sample,
     W,
@@ -111,7 +116,7 @@ def _dht(v, ch, sh, cps, cms, PRECISION: tl.constexpr):
     return tl.dot(a, cps, input_precision=PRECISION) + tl.dot(b, cms, input_precision=PRECISION)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _spectral_kernel(
     out_ptr,
     noise_ptr,
@@ -125,7 +130,7 @@ def _spectral_kernel(
     sh_ptr,
     cps_ptr,
     cms_ptr,
-    seed,
+    seed: tl.int64,
     C,
     H,
     W,

@@ -141,12 +141,15 @@ def _spectral_kernel(
     HAS_U: tl.constexpr,
     HAS_NOISE: tl.constexpr,
     STORE_NOISE: tl.constexpr,
+    RELOAD_NOISE: tl.constexpr,
     COMPUTE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """out = alpha x + Sigma^p (beta u + gamma z) for one (sample, channel) image, padded to (HP, WP).
 
     filter_ptr: (C, HP, WP) = lambda^p / (H W), zero-padded; ch/sh: (HP, HP) and cps/cms: (WP, WP) = C_W +- S_W.
+    RELOAD_NOISE (STORE_NOISE with noise in the COMPUTE dtype, large tiles: triton_ops.reload_noise): z is drawn and
+    stored 16 rows at a time and read back as a tile, which halves the register spills of 64 x 64 tiles.
     """
     image = tl.program_id(0).to(tl.int64)  # = sample * C + channel
     sample = image // C
@@ -159,9 +162,18 @@ def _spectral_kernel(
     if HAS_U:
         v += tl.load(beta_ptr + sample) * tl.load(u_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     if HAS_NOISE:
-        z = tl.where(mask, _normals(seed, image * H + h, Wo, 0, WP, COMPUTE), 0.0)
-        if STORE_NOISE:
-            tl.store(noise_ptr + offs, z.to(noise_ptr.dtype.element_ty), mask=mask)
+        if RELOAD_NOISE:  # 16 rows at a time to noise_ptr, then the tile read back: fewer live registers
+            for r in tl.static_range(0, HP, 16):
+                rows = r + tl.arange(0, 16)
+                z = _normals(seed, image * H + rows, Wo, 0, WP, COMPUTE)
+                chunk = (rows < H)[:, None] & (w < W)[None, :]
+                tl.store(noise_ptr + image * H * W + rows[:, None] * W + w[None, :], z, mask=chunk)
+            tl.debug_barrier()  # the block's global writes are visible to all its threads after the barrier
+            z = tl.load(noise_ptr + offs, mask=mask, other=0.0)
+        else:
+            z = tl.where(mask, _normals(seed, image * H + h, Wo, 0, WP, COMPUTE), 0.0)
+            if STORE_NOISE:
+                tl.store(noise_ptr + offs, z.to(noise_ptr.dtype.element_ty), mask=mask)
         v += tl.load(gamma_ptr + sample) * z
     square_h = h[:, None] * HP + h[None, :]
     square_w = w[:, None] * WP + w[None, :]

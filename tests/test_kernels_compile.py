@@ -16,6 +16,8 @@ import tempfile
 
 import pytest
 
+if __name__ == "__main__":  # run as a script: this checkout's packages, not an installed copy
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if os.environ.get("TRITON_INTERPRET") == "1":
     pytest.skip("compiling needs the JIT kernels, not the interpreter", allow_module_level=True)
 triton = pytest.importorskip("triton")
@@ -59,6 +61,8 @@ def _flags(op: str) -> dict:
 def compile_spectral(arch: int, op: str, data: str, compute: torch.dtype, side: int, num_warps: int | None = None):
     """The spectral kernel of `op` for side x side tiles, with triton_ops' constexprs and (default) num_warps."""
     constants = dict(HP=side, WP=side, PRECISION=triton_ops.dot_precision(compute), **_flags(op))
+    noise = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16}[data]
+    constants["RELOAD_NOISE"] = constants["STORE_NOISE"] and triton_ops.reload_noise(side, side, noise, compute)
     num_warps = num_warps or (8 if side >= 64 else 4)
     return compile_kernel(triton_ops._spectral_kernel, arch, data, compute, constants, num_warps=num_warps)
 
@@ -100,12 +104,17 @@ def test_spectral_kernel_compiles_for_gpu(arch, op, data, compute, side):
     assert compiled.metadata.shared <= A100_SHARED_BYTES
 
 
-def test_spill_bytes_at_32x32_stay_bounded():
-    """ptxas -v of the noise-drawing 32 x 32 kernel on sm_90 (measured 255 registers, 208-396 bytes of spill
-    stores with triton 3.8; see the module's __main__ for every size): a regression guard, not a target."""
-    usage = ptxas_usage(compile_spectral(90, "ni_update", "fp32", torch.float32, 32), 90)
+@pytest.mark.parametrize(
+    "op, side, bound",
+    [("ni_update", 32, 1024), ("gff_noise", 64, 2560)],  # 64: the noise stored in row chunks (RELOAD_NOISE)
+)
+def test_spill_bytes_stay_bounded(op, side, bound):
+    """ptxas -v on sm_90, noise-drawing kernels (triton 3.8: 255 registers; spill stores 396 bytes at 32 x 32,
+    1680 at 64 x 64, where 3192 before RELOAD_NOISE); the module's __main__ prints every size. A regression
+    guard, not a target."""
+    usage = ptxas_usage(compile_spectral(90, op, "fp32", torch.float32, side), 90)
     print(usage)
-    assert usage["registers"] <= 255 and usage["spill_stores"] <= 1024
+    assert usage["registers"] <= 255 and usage["spill_stores"] <= bound
 
 
 @pytest.mark.parametrize("kernel", ["_spectral_kernel", "_pointwise_kernel"])
@@ -123,7 +132,7 @@ def test_seed_and_row_count_do_not_specialise_the_kernel(kernel):
     for seed, batch in [(1, 2), (32, 16), (7, 1), (2**40 + 17, 3), (2**62, 256)]:
         if kernel == "_spectral_kernel":
             args = [t] * 12 + [seed, 3, 32, 32, 4]
-            constants.update(HP=32, WP=32, PRECISION="tf32x3")
+            constants.update(HP=32, WP=32, PRECISION="tf32x3", RELOAD_NOISE=False)
         else:
             args = [t] * 7 + [seed, batch * 3 * 32, 3 * 32, 32, 4]
             constants.update(BLOCK_R=16, BLOCK_W=128)

@@ -29,13 +29,17 @@ import json
 import math
 import os
 import statistics
+import sys
 from collections.abc import Callable
 
 import pytest
 import torch
 
-from kernels import reference
-from sde_lib.covariance import GFFCovariance
+if __name__ == "__main__":  # run as a script: this checkout's packages, not an installed copy
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kernels import reference  # noqa: E402
+from sde_lib.covariance import GFFCovariance  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 SHAPES = {"3x32x32": (3, 32, 32), "3x64x64": (3, 64, 64)}

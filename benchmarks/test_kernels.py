@@ -13,6 +13,13 @@ the untimed CI run, ``--benchmark-disable``, takes seconds). CUDA: all of them a
 3x32x32 and 3x64x64, float32 and bfloat16, with the peak device memory each call allocates beyond its
 outputs (``extra_info["extra_mib"]``). ``python benchmarks/test_kernels.py --summary RESULT.json`` turns a
 ``--benchmark-json`` file into the markdown table of benchmarks/RESULTS.md.
+
+``python benchmarks/test_kernels.py --gpu-check update|bandwidth`` is the quick CUDA check of benchmarks/gpu_check.sh
+(CUDA-event timing, median of repeats, no pytest): ``update``: the fused ni_update against the torch chain at
+B = 256, 3x32x32, float32 (target: >= 3x faster); ``bandwidth``: gff_noise at large batch, bytes written / time as a
+fraction of the card's peak memory bandwidth (target: >= 60%; the peak from PEAK_BANDWIDTH_GBS by GPU name, or the
+environment variable NIDIFF_PEAK_GBS in GB/s). It prints details, then one ``SUMMARY: ...`` line; exit status 0
+when the target is met, 3 when it is missed.
 """
 
 from __future__ import annotations
@@ -20,13 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import statistics
+import sys
 from collections.abc import Callable
 
 import pytest
 import torch
 
-from kernels import reference
-from sde_lib.covariance import GFFCovariance
+if __name__ == "__main__":  # run as a script: this checkout's packages, not an installed copy
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kernels import reference  # noqa: E402
+from sde_lib.covariance import GFFCovariance  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 SHAPES = {"3x32x32": (3, 32, 32), "3x64x64": (3, 64, 64)}
@@ -176,7 +189,72 @@ def summarize(path: str) -> str:
     return "\n".join(lines)
 
 
+# ---- quick CUDA check (benchmarks/gpu_check.sh) -----------------------------------------------------------------
+UPDATE_TARGET = 3.0  # fused ni_update at least 3x faster than the torch chain
+BANDWIDTH_TARGET = 0.60  # gff_noise writes at >= 60% of the peak memory bandwidth
+
+
+def peak_bandwidth_gbs(name: str) -> float | None:
+    """Peak memory bandwidth of the card `name` in GB/s: NIDIFF_PEAK_GBS if set, else PEAK_BANDWIDTH_GBS."""
+    env = os.environ.get("NIDIFF_PEAK_GBS")
+    return float(env) if env else _peak_bandwidth(name)
+
+
+def cuda_seconds(call: Callable, repeats: int = 25, warmup: int = 3) -> float:
+    """Median seconds of call() between two CUDA events (launch overheads included), after `warmup` calls."""
+    for _ in range(warmup):
+        call()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def gpu_check(what: str) -> int:
+    name = torch.cuda.get_device_name()
+    if what == "update":
+        B, shape = 256, SHAPES["3x32x32"]
+        impls = ("chain", "triton")
+        t = {impl: cuda_seconds(make_call("ni_update", impl, B, shape, torch.float32, "cuda")) for impl in impls}
+        for impl, sec in t.items():
+            print(f"ni_update {impl:9s} B={B} 3x32x32 float32: {sec * 1e6:9.1f} us")
+        speedup = t["chain"] / t["triton"]
+        print(f"SUMMARY: ni_update B={B} 3x32x32 fp32 triton {speedup:.2f}x vs torch chain (target >= 3x)")
+        return 0 if speedup >= UPDATE_TARGET else 3
+    peak = peak_bandwidth_gbs(name)
+    key = None
+    for B, shape_name in [(4096, "3x32x32"), (1024, "3x64x64")]:
+        shape = SHAPES[shape_name]
+        for impl in ("triton", "randn"):
+            sec = cuda_seconds(make_call("gff_noise", impl, B, shape, torch.float32, "cuda"), repeats=15)
+            gbs = _output_bytes("gff_noise" if impl == "triton" else "randn", B, shape, torch.float32) / sec / 1e9
+            share = f"{100 * gbs / peak:.0f}% of {peak:.0f} GB/s" if peak else "peak unknown (set NIDIFF_PEAK_GBS)"
+            print(
+                f"gff_noise {impl:6s} B={B} {shape_name} float32: {sec * 1e3:.3f} ms, {gbs:.0f} GB/s written, {share}"
+            )
+            if impl == "triton" and key is None:
+                key = (B, shape_name, gbs)
+    B, shape_name, gbs = key
+    share = f"{100 * gbs / peak:.0f}% of peak {peak:.0f} GB/s" if peak else "peak unknown"
+    print(f"SUMMARY: gff_noise B={B} {shape_name} fp32 {gbs:.0f} GB/s = {share} on {name} (target >= 60%)")
+    return 0 if peak and gbs / peak >= BANDWIDTH_TARGET else 3
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--summary", required=True, help="a pytest --benchmark-json file")
-    print(summarize(parser.parse_args().summary))
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--summary", help="a pytest --benchmark-json file: print its markdown table")
+    group.add_argument("--gpu-check", choices=("update", "bandwidth"), help="the quick CUDA check of gpu_check.sh")
+    args = parser.parse_args()
+    if args.summary:
+        print(summarize(args.summary))
+    else:
+        if not CUDA:
+            raise SystemExit("--gpu-check needs a CUDA GPU")
+        raise SystemExit(gpu_check(args.gpu_check))

@@ -3,6 +3,11 @@
 `_normals` reproduces `kernels.noise` (Philox4x64-10 + Box-Muller) inside a kernel; `_pointwise_kernel` computes
 alpha x + beta u + gamma z elementwise; `_spectral_kernel` applies Sigma^p by 2-D Hartley transforms (`_dht`) with
 noise, scaling and axpy fused (docs/math.md §1.3, 1.4).
+
+Integer arguments that change from call to call (the seed; the row count, which follows the batch size) are
+declared `do_not_specialize` and the seed `tl.int64`: otherwise Triton compiles a new variant whenever such a value
+is 1, divisible by 16, or (for the seed) crosses 2**31, i.e. in the middle of a run. Sizes fixed by the covariance
+(C, H, W) stay specialised.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def _normals(seed, rows, Wo, q0, BLOCK_W: tl.constexpr, COMPUTE: tl.constexpr):
 
 
 # ---- kernels -------------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "n_rows"])
 def _pointwise_kernel(
     out_ptr,
     noise_ptr,
@@ -67,7 +72,7 @@ def _pointwise_kernel(
     alpha_ptr,
     beta_ptr,
     gamma_ptr,
-    seed,
+    seed: tl.int64,
     n_rows,
     rows_per_sample,
     W,
@@ -111,7 +116,7 @@ def _dht(v, ch, sh, cps, cms, PRECISION: tl.constexpr):
     return tl.dot(a, cps, input_precision=PRECISION) + tl.dot(b, cms, input_precision=PRECISION)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _spectral_kernel(
     out_ptr,
     noise_ptr,
@@ -125,7 +130,7 @@ def _spectral_kernel(
     sh_ptr,
     cps_ptr,
     cms_ptr,
-    seed,
+    seed: tl.int64,
     C,
     H,
     W,
@@ -136,12 +141,15 @@ def _spectral_kernel(
     HAS_U: tl.constexpr,
     HAS_NOISE: tl.constexpr,
     STORE_NOISE: tl.constexpr,
+    RELOAD_NOISE: tl.constexpr,
     COMPUTE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """out = alpha x + Sigma^p (beta u + gamma z) for one (sample, channel) image, padded to (HP, WP).
 
     filter_ptr: (C, HP, WP) = lambda^p / (H W), zero-padded; ch/sh: (HP, HP) and cps/cms: (WP, WP) = C_W +- S_W.
+    RELOAD_NOISE (STORE_NOISE with noise in the COMPUTE dtype, large tiles: triton_ops.reload_noise): z is drawn and
+    stored 16 rows at a time and read back as a tile, which halves the register spills of 64 x 64 tiles.
     """
     image = tl.program_id(0).to(tl.int64)  # = sample * C + channel
     sample = image // C
@@ -154,9 +162,18 @@ def _spectral_kernel(
     if HAS_U:
         v += tl.load(beta_ptr + sample) * tl.load(u_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     if HAS_NOISE:
-        z = tl.where(mask, _normals(seed, image * H + h, Wo, 0, WP, COMPUTE), 0.0)
-        if STORE_NOISE:
-            tl.store(noise_ptr + offs, z.to(noise_ptr.dtype.element_ty), mask=mask)
+        if RELOAD_NOISE:  # 16 rows at a time to noise_ptr, then the tile read back: fewer live registers
+            for r in tl.static_range(0, HP, 16):
+                rows = r + tl.arange(0, 16)
+                z = _normals(seed, image * H + rows, Wo, 0, WP, COMPUTE)
+                chunk = (rows < H)[:, None] & (w < W)[None, :]
+                tl.store(noise_ptr + image * H * W + rows[:, None] * W + w[None, :], z, mask=chunk)
+            tl.debug_barrier()  # the block's global writes are visible to all its threads after the barrier
+            z = tl.load(noise_ptr + offs, mask=mask, other=0.0)
+        else:
+            z = tl.where(mask, _normals(seed, image * H + h, Wo, 0, WP, COMPUTE), 0.0)
+            if STORE_NOISE:
+                tl.store(noise_ptr + offs, z.to(noise_ptr.dtype.element_ty), mask=mask)
         v += tl.load(gamma_ptr + sample) * z
     square_h = h[:, None] * HP + h[None, :]
     square_w = w[:, None] * WP + w[None, :]

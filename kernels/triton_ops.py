@@ -8,24 +8,31 @@ with per-sample alpha, beta, gamma, p = 1/2 (noise, perturbation, sampler update
 terms switched off at compile time when absent. Sigma^p is the spectral multiplier lambda^p of the covariance
 (docs/math.md §1.3); it is applied as follows:
 
-* H, W <= 64: inside the kernel, one program per (sample, channel) image, as a 2-D discrete Hartley
-  transform by matrix products (`tl.dot` with cos/sin tables): with C_n[k, j] = cos(2 pi k j / n) and
-  S_n likewise, DHT(v) = C_H v (C_W + S_W) + S_H v (C_W - S_W), and because lambda^p is even under k -> -k,
-  Sigma^p v = DHT(lambda^p * DHT(v)) / (H W). Tiles are padded with zeros to powers of two >= 16, so that
-  tl.dot also compiles on a GPU for 8 x 8 images. Noise, filter, scaling and axpy are fused: one read of each
-  input, one write of each output.
-* larger images: a fused pointwise kernel forms beta u + gamma z, torch.fft applies lambda^p
-  (rfft2, multiply, irfft2), and the same pointwise kernel adds alpha x.
+* H, W <= 64 (float64: <= 32, see below): inside the kernel, one program per (sample, channel) image, as a
+  2-D discrete Hartley transform by matrix products (`tl.dot` with cos/sin tables): with C_n[k, j] =
+  cos(2 pi k j / n) and S_n likewise, DHT(v) = C_H v (C_W + S_W) + S_H v (C_W - S_W), and because lambda^p is
+  even under k -> -k, Sigma^p v = DHT(lambda^p * DHT(v)) / (H W). Tiles are padded with zeros to powers of
+  two >= 16, so that tl.dot also compiles on a GPU for 8 x 8 images. Noise, filter, scaling and axpy are fused:
+  one read of each input, one write of each output.
+* float64 tiles are capped at 32 x 32 (MAX_DFT_SIZE_FLOAT64): a 64 x 64 float64 tile needs 192 KiB of shared
+  memory, which an H100 / H200 has (227 KiB per block) but an A100 has not (163 KiB): the launch would fail "out
+  of resources". `spectral_in_kernel(H, W, dtype)` is the rule.
+* larger images, and float64 images with a side over 32: a fused pointwise kernel forms beta u + gamma z,
+  torch.fft applies lambda^p (rfft2, multiply, irfft2), and the same pointwise kernel adds alpha x.
 * IdentityCovariance: Sigma^p = I, a single pointwise kernel, no spectral work.
 
 Noise follows `kernels.noise` exactly (tl.random.philox with uint64 counters = Philox4x64-10). Arithmetic runs
 in float32 (float64 for float64 tensors), loads are cast up first and results cast back to the tensor dtype;
 tl.dot runs in IEEE float64, or for float32 as "tf32x3" on a GPU (the interpreter multiplies in float32).
 The kernels do not record autograd (the dispatcher sends such calls to the reference).
+
+Triton launches on the current CUDA device, whatever device the tensors are on: every launch runs under
+`torch.cuda.device(out.device)` (`_on_device`), so that tensors on cuda:1 are never handed to a launch on cuda:0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import weakref
@@ -40,15 +47,43 @@ from kernels.noise import NORMALS_PER_COUNTER, check_seed
 from kernels.triton_kernels import _pointwise_kernel, _spectral_kernel
 from sde_lib.covariance import Covariance, IdentityCovariance
 
-__all__ = ["MAX_DFT_SIZE", "gff_noise", "perturb", "ni_update", "score_scale"]
+__all__ = [
+    "MAX_DFT_SIZE",
+    "MAX_DFT_SIZE_FLOAT64",
+    "spectral_in_kernel",
+    "gff_noise",
+    "perturb",
+    "ni_update",
+    "score_scale",
+]
 
 MAX_DFT_SIZE = 64  # images up to 64 x 64 are filtered inside the kernel; larger ones go through torch.fft
+MAX_DFT_SIZE_FLOAT64 = 32  # float64: 64 x 64 tiles need 192 KiB of shared memory (an A100 has 163 KiB)
 _MIN_DOT = 16  # smallest tl.dot tile side on a GPU
 _POINTWISE_ELEMENTS = 2048  # elements per program of the pointwise kernel (8 warps: no register spills)
 
 
 def _padded(n: int) -> int:
     return max(_MIN_DOT, triton.next_power_of_2(n))
+
+
+def spectral_in_kernel(H: int, W: int, dtype: torch.dtype) -> bool:
+    """Whether Sigma^p of H x W images computed in `dtype` runs inside the kernel (else torch.fft): padded sides
+    at most MAX_DFT_SIZE, or MAX_DFT_SIZE_FLOAT64 for float64 (shared memory of an A100; docs/math.md §1.3)."""
+    limit = MAX_DFT_SIZE_FLOAT64 if dtype == torch.float64 else MAX_DFT_SIZE
+    return max(_padded(H), _padded(W)) <= limit
+
+
+def reload_noise(HP: int, WP: int, noise_dtype: torch.dtype | None, work: torch.dtype) -> bool:
+    """Whether the spectral kernel stores its noise in row chunks and reads the tile back (RELOAD_NOISE): only
+    where the stored noise is exactly z (noise in the compute dtype) and where it cuts spills (64 x 64 tiles:
+    ptxas spill stores 3.2 KB -> 1.7 KB per thread on sm_90; no change at 32 x 32)."""
+    return noise_dtype == work and HP * WP >= 64 * 64
+
+
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make `device` the current CUDA device for a launch (Triton launches there); nothing off CUDA."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _triton_dtype(dtype: torch.dtype) -> tl.dtype:
@@ -86,19 +121,20 @@ _FILTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _spectral_filter(cov: Covariance, power: float, shape: tuple[int, int, int], dtype, device) -> Tensor | None:
     """lambda^power of `cov` laid out for the kernels, or None for the identity operator (no spectral work).
 
-    H, W <= 64: (C, HP, WP) full spectrum divided by H W (the inverse Hartley normalisation), zero-padded;
-    otherwise (C, H, W // 2 + 1), the rfft2 half spectrum.
+    In the kernel (spectral_in_kernel): (C, HP, WP) full spectrum divided by H W (the inverse Hartley
+    normalisation), zero-padded; otherwise (C, H, W // 2 + 1), the rfft2 half spectrum.
     """
     if isinstance(cov, IdentityCovariance):
         return None
     if power < 0 and cov.is_singular:
         raise ValueError("score_scale: this covariance is singular (a zero eigenvalue), so Sigma^-1/2 does not exist")
     cache = _FILTERS.setdefault(cov, {})
-    key = (power, dtype, device)
+    C, H, W = shape
+    in_kernel = spectral_in_kernel(H, W, dtype)
+    key = (power, dtype, device, in_kernel)
     if key not in cache:
-        C, H, W = shape
         lam = cov.eigenvalues().pow(power)
-        if H <= MAX_DFT_SIZE and W <= MAX_DFT_SIZE:
+        if in_kernel:
             table = torch.zeros(C, _padded(H), _padded(W), dtype=torch.float64)
             table[:, :H, :W] = lam / (H * W)
         else:
@@ -121,18 +157,25 @@ def _fused_step(
 ) -> None:
     """out = alpha x + Sigma^power (beta u + gamma z(seed)) in place; z also written to noise_out if given.
 
-    out, x, u, noise_out: contiguous (B, C, H, W); alpha, beta, gamma: (B,) in the compute dtype.
+    out, x, u, noise_out: contiguous (B, C, H, W) on one device; alpha, beta, gamma: (B,) in the compute dtype.
+    Everything runs with out's device as the current CUDA device (_on_device).
     """
-    B, C, H, W = out.shape
     if out.numel() == 0:
         return
+    with _on_device(out.device):
+        _launch(out, cov, power, x, alpha, u, beta, seed, gamma, noise_out)
+
+
+def _launch(out, cov, power, x, alpha, u, beta, seed, gamma, noise_out) -> None:
+    """The body of _fused_step, under the tensors' CUDA device."""
+    B, C, H, W = out.shape
     work = compute_dtype(out.dtype)
     flt = _spectral_filter(cov, power, (C, H, W), work, out.device)
     flags = dict(HAS_U=u is not None, HAS_NOISE=seed is not None, STORE_NOISE=noise_out is not None)
     dummy = out
     seed = 0 if seed is None else seed
     Wo = -(-W // NORMALS_PER_COUNTER)
-    if flt is not None and flt.shape[-1] == _padded(W):
+    if flt is not None and spectral_in_kernel(H, W, work):
         ch, sh, cps, cms = _hartley_tables(H, W, work, out.device)
         HP, WP = ch.shape[0], cps.shape[0]
         _spectral_kernel[(B * C,)](
@@ -156,6 +199,7 @@ def _fused_step(
             HP=HP,
             WP=WP,
             HAS_X=x is not None,
+            RELOAD_NOISE=reload_noise(HP, WP, None if noise_out is None else noise_out.dtype, work),
             COMPUTE=_triton_dtype(work),
             PRECISION=dot_precision(work),
             num_warps=8 if max(HP, WP) >= 64 else 4,

@@ -72,9 +72,12 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(2, 3).unbind(1)  # each (B, HW, C)
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = self.proj(h.transpose(1, 2).reshape(B, C, H, W))
+        # q, k, v: (B, heads=1, HW, C) with unit stride along C. 4-D inputs with a contiguous last dimension let
+        # CUDA pick a fused (flash / memory-efficient) kernel; 3-D ones fall back to the math kernel.
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, 1, C, H * W).transpose(-1, -2).contiguous()
+        q, k, v = qkv.unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C)
+        h = self.proj(h.squeeze(1).transpose(1, 2).reshape(B, C, H, W))
         return (x + h) * self.out_scale
 
 

@@ -11,6 +11,7 @@ import torch
 
 from models import MODEL_CONFIGS, UNet, UNetConfig, count_parameters, create_model
 from models.embeddings import GaussianFourierEmbedding, sinusoidal_embedding
+from models.layers import AttnBlock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -185,6 +186,41 @@ def test_bf16_autocast_agrees_with_float32():
             low = net(x, t)
     # bf16 has an 8-bit mantissa (relative rounding 2^-9 per op): a few percent after ~20 layers.
     assert (low.float() - ref).norm() < 0.05 * ref.norm()
+
+
+def test_attention_passes_4d_heads_to_sdpa_and_matches_the_3d_computation(monkeypatch):
+    """q, k, v reach scaled_dot_product_attention as (B, 1, HW, C) with unit stride along C (what CUDA's fused
+    kernels take), and the block's output equals the former 3-D computation to float64 rounding."""
+    torch.manual_seed(0)
+    block = randomised(AttnBlock(64, num_groups=32, skip_rescale=True)).double().eval()
+    x = torch.randn(2, 64, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def three_d(x):
+        B, C, H, W = x.shape
+        q, k, v = block.qkv(block.norm(x)).reshape(B, 3, C, H * W).transpose(2, 3).unbind(1)  # each (B, HW, C)
+        h = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return (x + block.proj(h.transpose(1, 2).reshape(B, C, H, W))) * block.out_scale
+
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, *args, **kwargs):
+        seen.extend((t.shape, t.stride(-1)) for t in (q, k, v))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    with torch.no_grad():
+        want = three_d(x)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+        got = block(x)
+    assert seen == [(torch.Size([2, 1, 64, 64]), 1)] * 3
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    # explicit softmax(q k^T / sqrt(C)) v, the formula of the docstring
+    B, C, H, W = x.shape
+    with torch.no_grad():
+        q, k, v = block.qkv(block.norm(x)).reshape(B, 3, C, H * W).transpose(2, 3).unbind(1)
+        h = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(C), dim=-1) @ v
+        explicit = (x + block.proj(h.transpose(1, 2).reshape(B, C, H, W))) * block.out_scale
+    torch.testing.assert_close(got, explicit, rtol=1e-12, atol=1e-12)
 
 
 def test_config_round_trips_through_json_and_rebuilds_the_same_architecture():

@@ -32,6 +32,7 @@ COVARIANCES = {
     "gff-3x32x32": lambda: GFFCovariance((3, 32, 32), power=1.0),
     "gff-2x8x24": lambda: GFFCovariance((2, 8, 24), power=2.0),  # non-square, W not a multiple of 16
     "gff-dc-zero-1x6x10": lambda: GFFCovariance((1, 6, 10), power=1.0, dc="zero"),  # singular, odd padding
+    "gff-1x64x64": lambda: GFFCovariance((1, 64, 64), power=1.0),  # float32 in the kernel, float64 via torch.fft
     "gff-1x72x80": lambda: GFFCovariance((1, 72, 80), power=1.0),  # > 64: torch.fft + pointwise kernels
     "identity-3x16x16": lambda: IdentityCovariance((3, 16, 16)),  # pointwise kernel only
 }

@@ -22,6 +22,7 @@ from sde_lib import SDE
 
 from .progress import progress
 from .score_model import Scale, as_score_model
+from .seeds import batch_seed
 
 __all__ = [
     "ScoreFn",
@@ -37,6 +38,7 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 DEFAULT_EPS = 1e-3  # the last time of continuous-time samplers (score_sde_pytorch's sampling eps)
 SEED_HIGH = 2**31 - 1
+CHECK_EVERY_ON_GPU = 10  # sampler updates between finiteness checks on a GPU (each check synchronises)
 
 
 def batch_time(t: Tensor | float, x: Tensor) -> Tensor:
@@ -91,6 +93,9 @@ class Run:
         self.dtype = torch.get_default_dtype() if dtype is None else dtype
         self.model = as_score_model(sde, score_fn)
         self.nfe = 0
+        self._seeds = 0
+        self._base_seed = 0
+        self._updates = 0
 
     @property
     def batch(self) -> int:
@@ -107,9 +112,14 @@ class Run:
         return self.model.eps(x, self.time(t) if not isinstance(t, Tensor) else t, scale)
 
     def seed(self) -> int:
-        """A fresh noise seed from the user's generator: the run's noise is reproducible from it."""
-        device = self.generator.device if self.generator is not None else None
-        return int(torch.randint(0, SEED_HIGH, (), generator=self.generator, device=device))
+        """A fresh noise seed: the first is drawn from the user's generator (the run's one read from it, a single
+        host synchronisation on a GPU), the following ones are hashed on the host from (first seed, count), so the
+        run's noise is reproducible from the generator."""
+        if self._seeds == 0:
+            device = self.generator.device if self.generator is not None else None
+            self._base_seed = int(torch.randint(0, SEED_HIGH, (), generator=self.generator, device=device))
+        self._seeds += 1
+        return self._base_seed if self._seeds == 1 else batch_seed(self._base_seed, self._seeds - 1)
 
     def prior(self) -> Tensor:
         """x_T = c Sigma^{1/2} z ~ N(0, c^2 Sigma) by `sde.prior_sampling` from the white noise of a fresh seed
@@ -120,15 +130,19 @@ class Run:
     def update(self, x: Tensor, eps: Tensor, c_x, c_eps, c_z, step: int | str, t: float | Tensor) -> Tensor:
         """x_next = c_x x + Sigma^{1/2}(c_eps eps + c_z z) by one `kernels.ni_update`; c_* scalars or (B,) tensors.
 
-        A fresh seed is drawn only for a step with noise (c_z not all zero). Raises FloatingPointError on a
-        non-finite result, naming the step and time.
+        A fresh seed is drawn for a step with noise (c_z anything but the number 0, so that no tensor is read back
+        to the host). Raises FloatingPointError on a non-finite result (see `check`), naming the step and time.
         """
-        seed = self.seed() if bool((torch.as_tensor(c_z) != 0).any()) else None
-        return self.check(kernels.ni_update(x, eps, c_x, c_eps, c_z, self.sde.cov, seed), step, t)
+        noise = not (isinstance(c_z, (int, float)) and c_z == 0)
+        self._updates += 1
+        out = kernels.ni_update(x, eps, c_x, c_eps, c_z, self.sde.cov, self.seed() if noise else None)
+        return self.check(out, step, t, every=CHECK_EVERY_ON_GPU)
 
-    @staticmethod
-    def check(x: Tensor, step: int | str, t: float | Tensor) -> Tensor:
-        """x itself, or FloatingPointError when it holds a NaN or an infinity."""
+    def check(self, x: Tensor, step: int | str, t: float | Tensor, every: int = 1) -> Tensor:
+        """x itself, or FloatingPointError when it holds a NaN or an infinity. On a GPU, where the check reads a
+        value back to the host, an update checks every `every`-th time (and a named final step always)."""
+        if x.device.type != "cpu" and isinstance(step, int) and self._updates % every:
+            return x
         if not bool(torch.isfinite(x).all()):
             t = float(t.flatten()[0]) if isinstance(t, Tensor) else float(t)
             raise FloatingPointError(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -12,17 +11,9 @@ from sde_lib import SDE
 
 from .common import ScoreFn
 from .progress import progress as progress_bar
+from .seeds import batch_seed
 
 __all__ = ["sample_batches", "batch_seed"]
-
-
-def batch_seed(seed: int, index: int) -> int:
-    """The seed of global batch `index` of a run seeded with `seed`: `seed` itself for batch 0, else a 63-bit hash
-    of (seed, index) (numpy SeedSequence). A batch's randomness thus depends on (seed, batch index) alone, whichever
-    process draws it."""
-    if index == 0:
-        return int(seed)
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 @torch.no_grad()

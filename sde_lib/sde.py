@@ -177,8 +177,9 @@ class SDE(ABC):
         return (t * (self.N - 1) / self.T).long()
 
     def _level(self, values: Tensor, t: Tensor) -> Tensor:
-        """values[discrete_index(t)] (values per discrete level, float64) in t's dtype and device."""
-        return values[self.discrete_index(t.detach()).cpu()].to(device=t.device, dtype=t.dtype)
+        """values[discrete_index(t)] (values per discrete level, float64) in t's dtype and device, looked up on t's
+        device (no host synchronisation)."""
+        return values.to(device=t.device, dtype=t.dtype)[self.discrete_index(t.detach())]
 
     def discrete_time(self, i: Tensor | int) -> Tensor:
         """Continuous time t_i = (i + 1) T / N of discrete level i in {0..N-1} (float64).

@@ -5,10 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import time
 
 from training import train
 
-from .common import EXIT_INTERRUPTED, add_common, add_setting, non_negative_int, positive_int, resolve_run, write_config
+from .common import (
+    EXIT_INTERRUPTED,
+    UsageError,
+    add_common,
+    add_setting,
+    non_negative_int,
+    positive_int,
+    resolve_run,
+    write_config,
+)
 from .config import train_config
 from .flags import add_data, add_experiment
 from .runs import check_data_args, data_split
@@ -30,8 +40,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg, workdir = resolve_run(args)
     check_data_args(cfg.data.dataset, cfg.data.root, args.download)
-    if args.download and int(os.environ.get("RANK", "0")) == 0:
-        data_split(cfg.data.dataset, cfg.data.root, "train", download=True)
+    if args.download:
+        download_once(cfg)
     write_config(cfg, workdir)
     tcfg = train_config(cfg, workdir)
     if args.init_from is not None:
@@ -41,3 +51,22 @@ def run(args: argparse.Namespace) -> int:
         how = f"stopped by {result['stopped_by']}" if result["stopped_by"] else "done"
         print(f"{how}: step {result['step']} in {workdir}; checkpoint {result['checkpoint']}")
     return EXIT_INTERRUPTED if result["stopped_by"] == "SIGINT" else 0
+
+
+def download_once(cfg, wait_s: float = 3600.0) -> None:
+    """--download under torchrun: rank 0 fetches the archive; the other ranks wait until the data set reads (no
+    two processes write the same archive)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        data_split(cfg.data.dataset, cfg.data.root, "train", download=True)
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            data_split(cfg.data.dataset, cfg.data.root, "train")
+            return
+        except (FileNotFoundError, ValueError, UsageError):
+            if time.monotonic() > deadline:
+                raise UsageError(
+                    f"rank {os.environ.get('RANK')}: the data set did not appear in {wait_s:.0f} s"
+                ) from None
+            time.sleep(2.0)

@@ -92,3 +92,26 @@ def test_every_flag_of_every_command_passes_through_torchrun_unchanged(command):
     assert launched.training_script == "run.py" and launched.training_script_args == [command, *flags]
     ours = build_parser().parse_args([command, *flags])  # and our parser reads them back
     assert ours.command == command
+
+
+def test_only_rank_0_downloads_and_the_others_wait(monkeypatch):
+    from nidiff_cli import train as train_cmd
+    from nidiff_cli.config import load_config
+
+    calls = []
+
+    def fake_split(dataset, root, split, download=False):
+        calls.append(download)
+        if not download and len(calls) < 3:
+            raise FileNotFoundError("not there yet")
+
+    monkeypatch.setattr(train_cmd, "data_split", fake_split)
+    monkeypatch.setattr(train_cmd.time, "sleep", lambda s: None)
+    cfg = load_config("cifar10")
+    monkeypatch.setenv("RANK", "1")
+    train_cmd.download_once(cfg)
+    assert calls == [False, False, False]  # rank 1 never downloads; it retries until the data reads
+    calls.clear()
+    monkeypatch.setenv("RANK", "0")
+    train_cmd.download_once(cfg)
+    assert calls == [True]

@@ -22,12 +22,17 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from cleanfid import fid as cleanfid_fid
-from cleanfid.features import build_feature_extractor, get_reference_statistics
 from torch import Tensor
 
 from .frechet import frechet_distance, gaussian_fit
 from .knn_precision_recall import precision_recall
+
+
+def _cleanfid():
+    """clean-fid's fid and features modules, imported on first use (the rest of nidiff runs without clean-fid)."""
+    from cleanfid import features, fid
+
+    return fid, features
 
 __all__ = [
     "FeatureExtractor",
@@ -76,7 +81,7 @@ def _extractor(feature_extractor: FeatureExtractor | None, mode: str, device: to
     if feature_extractor is not None:
         return feature_extractor
     try:
-        return build_feature_extractor(mode, device, use_dataparallel=False)
+        return _cleanfid()[1].build_feature_extractor(mode, device, use_dataparallel=False)
     except OSError as err:  # urllib.error.URLError and socket errors are OSErrors
         raise _offline_error("its Inception-v3 weights", err) from err
 
@@ -101,7 +106,7 @@ def folder_features(
     folder = _check_folder(folder, "folder")
     device = torch.device(device)
     resize = _resize_hook(feature_extractor, native_size)
-    feats = cleanfid_fid.get_folder_features(
+    feats = _cleanfid()[0].get_folder_features(
         folder,
         _extractor(feature_extractor, mode, device),
         num_workers=0,
@@ -133,7 +138,7 @@ def fid_folders(
     device = torch.device(device)
     resize = _resize_hook(feature_extractor, native_size)
     return float(
-        cleanfid_fid.compute_fid(
+        _cleanfid()[0].compute_fid(
             folder1,
             folder2,
             mode=mode,
@@ -153,7 +158,7 @@ def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray, seed
     state = np.random.get_state()  # noqa: NPY002
     np.random.seed(seed)  # noqa: NPY002
     try:
-        return float(cleanfid_fid.kernel_distance(np.asarray(features1), np.asarray(features2)))
+        return float(_cleanfid()[0].kernel_distance(np.asarray(features1), np.asarray(features2)))
     finally:
         np.random.set_state(state)  # noqa: NPY002
 
@@ -212,6 +217,7 @@ def compare_to_reference(
     _check_mode(mode)
     _check_folder(generated, "generated")
     try:
+        get_reference_statistics = _cleanfid()[1].get_reference_statistics
         mu, sigma = get_reference_statistics(dataset_name, dataset_res, mode=mode, split=dataset_split, metric="FID")
         ref = get_reference_statistics(dataset_name, dataset_res, mode=mode, split=dataset_split, metric="KID")
     except urllib.error.HTTPError as err:  # the server answered: no such statistics

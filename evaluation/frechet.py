@@ -11,7 +11,6 @@ clean-fid's `frechet_distance` (scipy.linalg.sqrtm, with its diagonal offset for
 from __future__ import annotations
 
 import numpy as np
-from cleanfid.fid import frechet_distance as _cleanfid_frechet_distance
 from torch import Tensor
 
 __all__ = ["gaussian_fit", "frechet_distance", "frechet_distance_of_features"]
@@ -43,7 +42,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(
             f"shapes do not match: mu1 {mu1.shape}, sigma1 {sigma1.shape}, mu2 {mu2.shape}, sigma2 {sigma2.shape}"
         )
-    return float(_cleanfid_frechet_distance(mu1, sigma1, mu2, sigma2))
+    from cleanfid.fid import frechet_distance as cleanfid_frechet_distance  # imported on first use
+
+    return float(cleanfid_frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
 def frechet_distance_of_features(features1: Tensor | np.ndarray, features2: Tensor | np.ndarray) -> float:

@@ -63,12 +63,13 @@ class _ProbabilityFlow:
 
     g the model's eps with M = Sigma^{1/2}, c = c_eps = g^2 / (2 std) (or, for a model that predicts the score at
     no fixed scale, g = s, M = Sigma, c = -g^2 / 2: one Sigma instead of Sigma^{1/2} twice). M is symmetric and
-    does not depend on x, so Hutchinson's estimate needs no autograd through it:
+    does not depend on x, and f(x, t) = (d log a / dt) x is linear in x (the transition mean a(t) x_0 of every
+    SDE here, docs/math.md §3, 4), so Hutchinson's estimate needs autograd through the model only:
 
-        v^T (d f~ / dx) v = [v^T (df/dx) + c (M v)^T (dg/dx)] v,
+        v^T (d f~ / dx) v = v^T f(v, t) + c (M v)^T (dg/dx) v,
 
-    one vector-Jacobian product through f and the model only, with M v computed once per solve; the drift's value
-    is one fused `kernels.ni_update` (eps) or one Sigma (score) outside the graph.
+    one vector-Jacobian product of the model with M v, computed once per solve; the drift's value is one fused
+    `kernels.ni_update` (eps) or one Sigma (score) outside the graph.
     """
 
     def __init__(self, sde: SDE, model: ScoreModel, probe: Tensor | None):
@@ -79,12 +80,14 @@ class _ProbabilityFlow:
         if probe is not None:
             self.m_probe = sde.cov.mul(probe) if self.score else sde.cov.sqrt_mul(probe)
 
-    def parts(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(f(x, t), c(t) (B,), g(x, t)), differentiable in x when gradients are recorded."""
+    def coefficients(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(f(x, t), c(t) (B,))."""
         f, c_eps, _ = self.reverse.coefficients(x, t)
-        if self.score:
-            return f, -c_eps * self.sde.marginal_std(t), self.model(x, t)
-        return f, c_eps, self.model.eps(x, t)
+        return f, -c_eps * self.sde.marginal_std(t) if self.score else c_eps
+
+    def output(self, x: Tensor, t: Tensor) -> Tensor:
+        """g(x, t): the model's score or eps."""
+        return self.model(x, t) if self.score else self.model.eps(x, t)
 
     def combine(self, f: Tensor, c: Tensor, g: Tensor) -> Tensor:
         """f + c M g."""
@@ -93,25 +96,26 @@ class _ProbabilityFlow:
         return kernels.ni_update(f, g, 1.0, c, 0.0, self.sde.cov, None)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.combine(*self.parts(x, t))
+        """f~(x, t), differentiable in x when gradients are recorded."""
+        return self.combine(*self.coefficients(x, t), self.output(x, t))
 
     def drift_and_divergence(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """The drift at x and its divergence tr(d drift / dx) per sample (B,), both detached: Hutchinson's
         estimate (class docstring) with the solve's probe, or exact (`_exact_divergence`) without one."""
         if self.probe is None:
             return _exact_divergence(self.drift, x, t)
+        v = self.probe
+        with torch.no_grad():
+            f, c = self.coefficients(x, t)
+            div = (v * self.sde.sde(v, t)[0]).flatten(1).sum(1)  # v^T f(v, t) = v^T (df/dx) v
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            f, c, g = self.parts(xg, t)
-            pairs = [(f, self.probe), (g, c.detach()[:, None, None, None] * self.m_probe)]
-            pairs = [(out, v) for out, v in pairs if out.requires_grad]
-            if pairs:
-                (vjp,) = torch.autograd.grad([p[0] for p in pairs], xg, [p[1] for p in pairs])
-                div = (vjp * self.probe).flatten(1).sum(1)
-            else:  # a drift that does not depend on x
-                div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+            g = self.output(xg, t)
+            if g.requires_grad:  # else a model that does not depend on x
+                (vjp,) = torch.autograd.grad(g, xg, self.m_probe)
+                div = div + c * (vjp * v).flatten(1).sum(1)
         with torch.no_grad():
-            return self.combine(f.detach(), c.detach(), g.detach()), div
+            return self.combine(f, c, g.detach()), div
 
 
 def _check_finite(x: Tensor, t: float) -> None:

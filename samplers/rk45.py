@@ -116,8 +116,9 @@ def rk45(
             h_abs = abs(h)
             for i in range(1, 6):
                 torch.addmv(y, k[:i].T, a[i], alpha=h, out=stage)
-                fun(at(t + C[i] * h), stage, k[i], i != 1)
-                if i == 1:
+                skip = i == 1 and quadrature > 0
+                fun(at(t + C[i] * h), stage, k[i], not skip)
+                if skip:
                     k[1, q] = 0
             torch.addmv(y, k[:6].T, b, alpha=h, out=y_new)
             fun(t_new, y_new, k[6], True)

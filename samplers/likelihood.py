@@ -74,16 +74,15 @@ class _ProbabilityFlow:
 
     def __init__(self, sde: SDE, model: ScoreModel, probe: Tensor | None):
         self.sde, self.model, self.probe = sde, model, probe
-        self.reverse = sde.reverse(None, probability_flow=True)
         self.score = model.prediction == "score" and model.scale is None
         self.m_probe = None
         if probe is not None:
             self.m_probe = sde.cov.mul(probe) if self.score else sde.cov.sqrt_mul(probe)
 
     def coefficients(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(f(x, t), c(t) (B,))."""
-        f, c_eps, _ = self.reverse.coefficients(x, t)
-        return f, -c_eps * self.sde.marginal_std(t) if self.score else c_eps
+        """(f(x, t), c(t) (B,)): c = g^2 / (2 std), or -g^2 / 2 for a score model (f, g = sde.sde(x, t))."""
+        f, g = self.sde.sde(x, t)
+        return f, -0.5 * g.square() if self.score else 0.5 * g.square() / self.sde.marginal_std(t)
 
     def output(self, x: Tensor, t: Tensor) -> Tensor:
         """g(x, t): the model's score or eps."""

@@ -56,7 +56,8 @@ ERROR_EXPONENT = -1 / 5  # -1 / (order of the error estimate + 1)
 
 
 def _rms(v: Tensor) -> float:
-    return float(v.square().mean().sqrt())
+    """sqrt(mean(v^2)) (overwrites v)."""
+    return float(v.square_().mean().sqrt())
 
 
 def rk45(
@@ -80,7 +81,7 @@ def rk45(
     a = [torch.tensor(row, **kw) for row in A]
     b, e = torch.tensor(B, **kw), torch.tensor(E, **kw)
     k = torch.empty(7, n, **kw)
-    y_new, stage, scale = torch.empty_like(y), torch.empty_like(y), torch.empty_like(y)
+    y_new, stage, scale, work = (torch.empty_like(y) for _ in range(4))
     lo, hi = min(t0, t1), max(t0, t1)
 
     def at(t: float) -> float:
@@ -90,14 +91,14 @@ def rk45(
     fun(t0, y, k[0], True)
     nfe = 1
     # initial step (scipy.integrate._ivp.common.select_initial_step)
-    torch.mul(y.abs(), rtol, out=scale).add_(atol)
-    d0, d1 = _rms(y / scale), _rms(k[0] / scale)
+    torch.abs(y, out=scale).mul_(rtol).add_(atol)
+    d0, d1 = _rms(torch.div(y, scale, out=work)), _rms(torch.div(k[0], scale, out=work))
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     h0 = min(h0, length)
     torch.add(y, k[0], alpha=direction * h0, out=stage)
     fun(at(t0 + direction * h0), stage, k[1], True)
     nfe += 1
-    d2 = _rms((k[1] - k[0]) / scale) / h0
+    d2 = _rms(torch.sub(k[1], k[0], out=work).div_(scale)) / h0
     h1 = max(1e-6, h0 * 1e-3) if d1 <= 1e-15 and d2 <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
     h_abs = min(100 * h0, h1, length)
 
@@ -123,8 +124,9 @@ def rk45(
             torch.addmv(y, k[:6].T, b, alpha=h, out=y_new)
             fun(t_new, y_new, k[6], True)
             nfe += 6
-            torch.maximum(y.abs(), y_new.abs(), out=scale).mul_(rtol).add_(atol)
-            error = _rms(torch.mv(k.T, e).mul_(h).div_(scale))
+            torch.abs(y, out=scale)
+            torch.maximum(scale, torch.abs(y_new, out=work), out=scale).mul_(rtol).add_(atol)
+            error = _rms(torch.mv(k.T, e, out=work).mul_(h).div_(scale))
             if not math.isfinite(error):
                 raise FloatingPointError(f"rk45: non-finite error estimate in the step from t = {t:.6g} to {t_new:.6g}")
             if error < 1:

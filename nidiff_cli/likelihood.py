@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
     g.add_argument("--divergence", choices=DIVERGENCES, default="rademacher", help="divergence estimator")
     g.add_argument("--rtol", type=positive_float, default=1e-5, help="ODE relative tolerance")
     g.add_argument("--atol", type=positive_float, default=1e-5, help="ODE absolute tolerance")
-    g.add_argument("--solver", default="dopri5", help="adaptive torchdiffeq method")
+    g.add_argument("--solver", choices=samplers.likelihood.SOLVERS, default="rk45",
+                   help="rk45 (samplers.rk45, scipy RK45 step control) or an adaptive torchdiffeq method")  # fmt: skip
     g.add_argument("--no-dequantize", action="store_true", help="evaluate at bin centres instead of U[0,1) noise")
     g.add_argument("--out", type=pathlib.Path, default=None, help="directory for likelihood.json (default: --workdir)")
 

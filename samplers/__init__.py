@@ -2,9 +2,12 @@
 
     x, nfe = samplers.sample(sde, score_fn, shape, method="pc", steps=None, generator=None, progress=False,
                              device=None, dtype=None, **options)
-    logp, z, nfe = samplers.log_likelihood(sde, score_fn, x, divergence="exact", ...)
+    logp, z, nfe = samplers.log_likelihood(sde, score_fn, x, divergence="exact", solver="rk45", ...)
     bpd, nfe = samplers.bits_per_dim(sde, score_fn, images_uint8, levels=256, dequantize=True, ...)
     score_fn = samplers.score_fn_from_eps(sde, eps_model)        # or any score_fn(x, t), or a ScoreModel
+
+log_likelihood's default solver "rk45" is samplers.rk45 (Dormand-Prince 5(4) with scipy's RK45 step control);
+solver="dopri5" or any adaptive torchdiffeq method solves the same ODE with torchdiffeq.
 
 A trained network reaches the samplers as a `ScoreModel` (samplers.score_model: what it predicts, the noise scale
 it was trained at); `training.losses.score_fn_for(net, sde, loss)` builds one. Each sampler reads the model's eps at

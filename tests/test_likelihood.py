@@ -20,6 +20,7 @@ from tests.gaussian_oracle import SHAPE, GaussianMixture, oracle_sde
 D = 64
 F64 = torch.float64
 TIGHT = {"rtol": 1e-7, "atol": 1e-7, "eps": 1e-8}
+SOLVERS = ["rk45", "dopri5"]  # ours (samplers.rk45, the default) and torchdiffeq's
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,23 +31,46 @@ def data():
     return GaussianMixture.gaussian(SHAPE, torch.Generator().manual_seed(21))
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("name", ["nivp", "vp", "nive", "subvp", "ve"])
-def test_exact_likelihood_of_gaussian_data(cov, data, name):
+def test_exact_likelihood_of_gaussian_data(cov, data, name, solver):
     """Exact divergence + exact end-point prior: log N(x; m, S) to 1e-4 nats (docs/math.md §8.12)."""
     sde = oracle_sde(name, cov)
     x = data.sample(4, torch.Generator().manual_seed(1))
-    logp, z, nfe = samplers.log_likelihood(sde, data.score_fn(sde), x, prior_logp=data.end_logp(sde), **TIGHT)
+    logp, z, nfe = samplers.log_likelihood(
+        sde, data.score_fn(sde), x, prior_logp=data.end_logp(sde), solver=solver, **TIGHT
+    )
     assert logp.dtype == F64 and z.shape == x.shape and nfe > 10
     torch.testing.assert_close(logp, data.log_prob(x), rtol=0, atol=1e-4)
 
 
-def test_exact_likelihood_of_a_gaussian_mixture(cov):
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_exact_likelihood_of_a_gaussian_mixture(cov, solver):
     """A three-component mixture (a non-linear score): the mixture's log-density to 1e-4 nats."""
     gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(3))
     sde = NIVPSDE(cov=cov)
     x = gmm.sample(4, torch.Generator().manual_seed(4))
-    logp, _, _ = samplers.log_likelihood(sde, gmm.score_fn(sde), x, prior_logp=gmm.end_logp(sde), **TIGHT)
+    logp, _, _ = samplers.log_likelihood(
+        sde, gmm.score_fn(sde), x, prior_logp=gmm.end_logp(sde), solver=solver, **TIGHT
+    )
     torch.testing.assert_close(logp, gmm.log_prob(x), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("divergence", ["exact", "rademacher"])
+def test_rk45_agrees_with_torchdiffeq_dopri5(cov, divergence):
+    """The same ODE, probe and tolerance 1e-9 by samplers.rk45 and torchdiffeq's dopri5: the same log-density
+    and end point (a GMM score and, through the eps path, a small network)."""
+    gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(17))
+    sde = NIVPSDE(cov=cov)
+    net = SmallEpsNet(seed=18)
+    x = gmm.sample(3, torch.Generator().manual_seed(19))
+    for score in (gmm.score_fn(sde), samplers.score_fn_from_eps(sde, lambda y, t: 0.1 * net(y, t))):
+        out = {}
+        for solver in SOLVERS:
+            options = {"divergence": divergence, "generator": torch.Generator().manual_seed(20), "eps": 1e-3}
+            out[solver] = samplers.log_likelihood(sde, score, x, rtol=1e-9, atol=1e-9, solver=solver, **options)
+        torch.testing.assert_close(out["rk45"][0], out["dopri5"][0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(out["rk45"][1], out["dopri5"][1], rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("name, bound", [("nivp", 0.1), ("vp", 0.1), ("nive", 0.1)])
@@ -154,16 +178,19 @@ def test_whitening_equivalence(cov, pair):
     torch.testing.assert_close(cov.sqrt_mul(z_y), z_x, rtol=0, atol=1e-5)  # trajectories map by Sigma^{1/2}
 
 
-def test_float32_matches_float64(cov, data):
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_float32_matches_float64(cov, data, solver):
     sde = NIVPSDE(cov=cov)
     x = data.sample(3, torch.Generator().manual_seed(14))
-    ref, _, _ = samplers.log_likelihood(sde, data.score_fn(sde), x)
-    logp, z, _ = samplers.log_likelihood(sde, data.score_fn(sde), x.float())
+    ref, _, _ = samplers.log_likelihood(sde, data.score_fn(sde), x, solver=solver)
+    logp, z, _ = samplers.log_likelihood(sde, data.score_fn(sde), x.float(), solver=solver)
     assert logp.dtype == torch.float32 and z.dtype == torch.float32
     torch.testing.assert_close(logp.double(), ref, rtol=0, atol=2e-3)
 
 
-def test_model_is_only_evaluated_inside_eps_to_T_and_nfe_counts_calls(cov, data):
+@pytest.mark.parametrize("divergence", ["exact", "rademacher"])
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_model_is_only_evaluated_inside_eps_to_T_and_nfe_counts_calls(cov, data, solver, divergence):
     sde = NIVPSDE(cov=cov)
     score = data.score_fn(sde)
     seen = []
@@ -172,9 +199,25 @@ def test_model_is_only_evaluated_inside_eps_to_T_and_nfe_counts_calls(cov, data)
         seen.append(t.detach())
         return score(x, t)
 
-    _, _, nfe = samplers.log_likelihood(sde, recording, data.sample(2, torch.Generator().manual_seed(15)), eps=1e-3)
+    x = data.sample(2, torch.Generator().manual_seed(15))
+    options = {"divergence": divergence, "generator": torch.Generator().manual_seed(0)}
+    _, _, nfe = samplers.log_likelihood(sde, recording, x, eps=1e-3, solver=solver, **options)
     times = torch.cat(seen)
     assert nfe == len(seen) and times.min() >= 1e-3 and times.max() <= 1.0
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_non_finite_state_raises(cov, data, solver):
+    """A model that returns NaN after t = 0.3: FloatingPointError naming the time, from either solver."""
+    sde = NIVPSDE(cov=cov)
+    score = data.score_fn(sde)
+
+    def breaks(x, t):
+        return score(x, t) * torch.where(t > 0.3, math.nan, 1.0)[:, None, None, None]
+
+    x = data.sample(2, torch.Generator().manual_seed(21))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        samplers.log_likelihood(sde, breaks, x, divergence="rademacher", solver=solver, generator=torch.Generator())
 
 
 def test_likelihood_argument_errors(cov, data):
@@ -185,6 +228,8 @@ def test_likelihood_argument_errors(cov, data):
         samplers.log_likelihood(sde, score, x, divergence="trace")
     with pytest.raises(ValueError, match="adaptive"):
         samplers.log_likelihood(sde, score, x, solver="rk4")
+    with pytest.raises(ValueError, match="'rk45'"):
+        samplers.log_likelihood(sde, score, x, solver="RK45")
     with pytest.raises(ValueError, match="eps"):
         samplers.log_likelihood(sde, score, x, eps=1.5)
     with pytest.raises(ValueError, match="x must be"):

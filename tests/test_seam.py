@@ -309,14 +309,17 @@ def test_each_step_applies_sigma_as_often_as_its_formula_needs(case):
     assert counts[1] - counts[0] == per_step, counts
 
 
-def test_likelihood_applies_sigma_once_per_evaluation():
+@pytest.mark.parametrize("solver", ["rk45", "dopri5"])
+def test_likelihood_applies_sigma_once_per_evaluation(solver):
     """The probability-flow drift of a "dsm" network: one fused update per evaluation (the divergence's backward
-    pass goes through autograd, not through another application)."""
+    pass goes through autograd, not through another application; Hutchinson's M v = Sigma^{1/2} v once per solve)."""
     cov = CountingGFF(SHAPE)
     sde = NIVPSDE(cov=cov)
     model = score_fn_for(smooth_eps_net, sde, "dsm")
     x = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=F64)
     CountingGFF.calls = 0
-    _, _, nfe = samplers.log_likelihood(sde, model, x, divergence="rademacher", generator=torch.Generator())
-    prior = 1  # sde.prior_logp applies Sigma^{-1/2} once
-    assert CountingGFF.calls == nfe + prior
+    _, _, nfe = samplers.log_likelihood(
+        sde, model, x, divergence="rademacher", generator=torch.Generator(), solver=solver
+    )
+    prior, probe = 1, 1  # sde.prior_logp applies Sigma^{-1/2} once; the probe's Sigma^{1/2} v once per solve
+    assert CountingGFF.calls == nfe + prior + probe

@@ -34,6 +34,7 @@ def _cleanfid():
 
     return fid, features
 
+
 __all__ = [
     "FeatureExtractor",
     "InceptionUnavailableError",

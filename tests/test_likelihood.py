@@ -239,3 +239,20 @@ def test_likelihood_argument_errors(cov, data):
         samplers.log_likelihood(singular, score, x)
     with pytest.raises(ValueError, match="images_uint8"):
         samplers.bits_per_dim(sde, score, x[0])
+
+
+def test_likelihood_runs_with_tf32_off_and_restores_the_setting(cov, data, monkeypatch):
+    """TF32 products would change a float32 likelihood's steps on a GPU: off inside, the caller's setting after."""
+    seen = []
+    sde = NIVPSDE(cov=cov)
+    score = data.score_fn(sde)
+
+    def recording(x, t):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return score(x, t)
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    samplers.log_likelihood(sde, recording, data.sample(2, torch.Generator().manual_seed(0)), rtol=1e-3, atol=1e-3)
+    assert seen and set(seen) == {(False, False)}
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32

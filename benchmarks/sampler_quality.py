@@ -1,8 +1,10 @@
 """Few-step sample quality of every sampler on a Gaussian mixture in GFF noise with the exact score (issue 4).
 
 Data: a 3-component Gaussian mixture on 1x8x8 images (dense random component covariances, eigenvalues in
-[0.02, 0.3], means 0.5 N(0, I)), noised by NIVP / NI-VE SDEs with GFF noise (power 1). The score of every marginal
-is exact (tests/gaussian_oracle.py), so the only errors are the samplers' own.
+[0.02, 0.3], means 0.5 N(0, I)), noised by NIVP / NI-VE SDEs with GFF noise (power 1) and by the isotropic VP SDE
+(rows "VP white"). Rows "mixture 2" use a second mixture, fixed before any of its numbers were seen and never used to
+choose a default: 5 components (weights 0.3, 0.25, 0.2, 0.15, 0.1), eigenvalues in [0.01, 0.5], means 0.7 N(0, I),
+another seed. The score of every marginal is exact (tests/gaussian_oracle.py), so the only errors are the samplers'.
 
 Error (low variance): each sample is assigned to the components by its exact responsibilities r_k(x) (soft), a
 Gaussian is fitted per component (weighted mean and covariance) and the weights are estimated by mean r_k; the error
@@ -11,7 +13,8 @@ samples of the same size (so 0 means "as good as exact sampling"; the residual n
 
 Run from the repository root (it imports tests.gaussian_oracle):
 
-    python -m benchmarks.sampler_quality                       # the table (about half an hour on 2 CPU cores)
+    python -m benchmarks.sampler_quality                       # the table (about an hour on 2 CPU cores)
+    python -m benchmarks.sampler_quality --rows unipc --nfes 10 20   # only some rows and budgets
     python -m benchmarks.sampler_quality --gaussian            # discretisation allowances of the sampler tests
 """
 
@@ -29,10 +32,21 @@ from tests.gaussian_oracle import SHAPE, GaussianMixture, gff_cov, moment_statis
 NFES = (10, 20, 50, 100, 1000)
 
 
+FAMILIES = {"vp": "nivp", "ve": "nive", "white": "vp"}  # row family -> oracle_sde name ("white": Sigma = I)
+
+
+def second_mixture() -> GaussianMixture:
+    """Mixture 2: not used to choose any default (module docstring)."""
+    weights = (0.3, 0.25, 0.2, 0.15, 0.1)
+    generator = torch.Generator().manual_seed(2025)
+    return GaussianMixture.mixture(SHAPE, generator, weights, separation=0.7, low=0.01, high=0.5)
+
+
 def problem() -> dict:
     cov = gff_cov()
     gmm = GaussianMixture.mixture(SHAPE, torch.Generator().manual_seed(2024))
-    return {"gmm": gmm, "vp": oracle_sde("nivp", cov), "ve": oracle_sde("nive", cov), "cov": cov}
+    base = {"gmm": gmm, "gmm2": second_mixture(), "cov": cov}
+    return base | {family: oracle_sde(name, cov) for family, name in FAMILIES.items()}
 
 
 def discretised(base: dict, family: str, N: int):
@@ -40,20 +54,26 @@ def discretised(base: dict, family: str, N: int):
     if N == base[family].N:
         return base[family]
     try:
-        return oracle_sde({"vp": "nivp", "ve": "nive"}[family], base["cov"], N=N)
+        return oracle_sde(FAMILIES[family], base["cov"], N=N)
     except ValueError:
         return None
 
 
 def configurations(nfe: int) -> list[tuple[str, str, dict, int]]:
-    """(row label, SDE family, sample() arguments, SDE discretisation N) for a budget of `nfe` evaluations."""
-    vp, ve = "vp", "ve"
+    """(row label, SDE family, sample() arguments, SDE discretisation N) for a budget of `nfe` evaluations; a label
+    starting with "mixture 2" samples the second mixture."""
+    vp, ve, white = "vp", "ve", "white"
+    tuned = {"warp": 0.65, "eps": 5e-3}  # dpm2m's log-SNR warp, tuned on mixture 1
     return [
+        ("unipc (defaults: order 3 + UniC, signal grid)", vp, {"method": "unipc", "steps": nfe}, 1000),
+        ("unipc (logsnr grid)", vp, {"method": "unipc", "steps": nfe, "schedule": "logsnr"}, 1000),
+        ("unipc (order 3, no corrector)", vp, {"method": "unipc", "steps": nfe, "corrector": "none"}, 1000),
+        ("dpm2m (signal grid)", vp, {"method": "dpm2m", "steps": nfe, "schedule": "signal"}, 1000),
         ("ddpm (var = posterior beta~, default)", vp, {"method": "ddpm", "steps": nfe}, 1000),
         ("ddpm (var = beta)", vp, {"method": "ddpm", "steps": nfe, "var": "beta"}, 1000),
         ("ddim (eta=0)", vp, {"method": "ddim", "steps": nfe}, 1000),
         ("dpm2m (defaults: logsnr grid, eps 1e-3)", vp, {"method": "dpm2m", "steps": nfe}, 1000),
-        ("dpm2m (logsnr warp 0.65, eps 5e-3)", vp, {"method": "dpm2m", "steps": nfe, "warp": 0.65, "eps": 5e-3}, 1000),
+        ("dpm2m (logsnr warp 0.65, eps 5e-3)", vp, {"method": "dpm2m", "steps": nfe} | tuned, 1000),
         ("dpm2m (time grid)", vp, {"method": "dpm2m", "steps": nfe, "schedule": "time"}, 1000),
         ("pc euler_maruyama", vp, {"method": "pc", "steps": nfe}, 1000),
         ("pc reverse_diffusion (N=NFE)", vp, {"method": "pc", "steps": nfe, "predictor": "reverse_diffusion"}, nfe),
@@ -66,6 +86,7 @@ def configurations(nfe: int) -> list[tuple[str, str, dict, int]]:
         ),
         ("ode euler (NFE-1 steps + denoise)", vp, {"method": "ode", "solver": "euler", "steps": nfe - 1}, 1000),
         ("NI-VE dpm2m (logsnr grid)", ve, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("NI-VE unipc (defaults)", ve, {"method": "unipc", "steps": nfe}, 1000),
         (
             "NI-VE pc reverse_diffusion (N=NFE)",
             ve,
@@ -79,6 +100,12 @@ def configurations(nfe: int) -> list[tuple[str, str, dict, int]]:
             {"method": "als", "steps": (nfe - 1) // 3, "n_steps_each": 3},
             1000,
         ),
+        ("VP white dpm2m (defaults)", white, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("VP white unipc (defaults)", white, {"method": "unipc", "steps": nfe}, 1000),
+        ("mixture 2: dpm2m (defaults)", vp, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("mixture 2: dpm2m (logsnr warp 0.65, eps 5e-3)", vp, {"method": "dpm2m", "steps": nfe} | tuned, 1000),
+        ("mixture 2: unipc (defaults)", vp, {"method": "unipc", "steps": nfe}, 1000),
+        ("mixture 2: NI-VE unipc (defaults)", ve, {"method": "unipc", "steps": nfe}, 1000),
     ]
 
 
@@ -93,16 +120,20 @@ def cas_eps_step(sde, steps: int, eps: float = samplers.common.DEFAULT_EPS) -> f
     return max(0.062, 1 - 1 / ratio + 0.01) * sigma_last**2
 
 
-def run_table(n: int, seed: int, rows: list[str] | None) -> None:
+def run_table(n: int, seed: int, rows: list[str] | None, nfes: tuple[int, ...] = NFES) -> None:
     base = problem()
-    gmm = base["gmm"]
-    null_mean, null_sd = gmm.fit_error_null(n, replicates=20)
-    print(f"exact samples: mixture fit error {null_mean:.4f} +- {null_sd:.4f} nats (n = {n}, 20 replicates)")
+    nulls = {}
+    for key, name in (("gmm", "mixture 1"), ("gmm2", "mixture 2")):
+        null_mean, null_sd = base[key].fit_error_null(n, replicates=20)
+        nulls[key] = null_mean
+        print(f"exact samples, {name}: fit error {null_mean:.4f} +- {null_sd:.4f} nats (n = {n}, 20 replicates)")
     results: dict[str, dict[int, tuple[float, int]]] = {}
-    for nfe in NFES:
+    for nfe in nfes:
         for label, family, args, N in configurations(nfe):
             if rows and not any(r in label for r in rows):
                 continue
+            key = "gmm2" if label.startswith("mixture 2") else "gmm"
+            gmm, null_mean = base[key], nulls[key]
             args = dict(args)
             if args.get("steps", 1) < 1:
                 continue
@@ -127,11 +158,11 @@ def run_table(n: int, seed: int, rows: list[str] | None) -> None:
             results.setdefault(label, {})[nfe] = (err, used)
             print(f"{label:40s} NFE {used:5d}  error {err:8.4f}  ({time.time() - start:.1f} s)", flush=True)
     print()
-    print("| method | " + " | ".join(f"NFE {nfe}" for nfe in NFES) + " |")
-    print("|---|" + "---|" * len(NFES))
+    print("| method | " + " | ".join(f"NFE {nfe}" for nfe in nfes) + " |")
+    print("|---|" + "---|" * len(nfes))
     for label, row in results.items():
         cells = []
-        for nfe in NFES:
+        for nfe in nfes:
             if nfe in row:
                 err, used = row[nfe]
                 cells.append(f"{err:.3f}" + ("" if used == nfe else f" ({used})"))
@@ -143,6 +174,7 @@ def run_table(n: int, seed: int, rows: list[str] | None) -> None:
     print()
     print("| ode dopri5 (adaptive, + denoise), rtol = atol | NFE | error |")
     print("|---|---|---|")
+    gmm, null_mean = base["gmm"], nulls["gmm"]
     for tol in (1e-2, 1e-3, 1e-4, 1e-5):
         sde = base["vp"]
         generator = torch.Generator().manual_seed(seed)
@@ -181,13 +213,14 @@ def main() -> None:
     parser.add_argument("--gaussian", action="store_true", help="measure the allowances of tests/test_samplers.py")
     parser.add_argument("--cases", nargs="*", help="with --gaussian: only these cases of ACCURACY_CASES")
     parser.add_argument("--rows", nargs="*", help="table: only the rows whose label contains one of these")
+    parser.add_argument("--nfes", nargs="*", type=int, default=list(NFES), help="table: these budgets")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
     if args.gaussian:
         gaussian_allowances(args.n, args.seed, args.cases)
     else:
-        run_table(args.n, args.seed, args.rows)
+        run_table(args.n, args.seed, args.rows, tuple(args.nfes))
 
 
 if __name__ == "__main__":

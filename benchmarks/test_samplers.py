@@ -25,8 +25,13 @@ def problem():
 
 @pytest.mark.parametrize(
     "args",
-    [{"method": "ddim", "steps": 50}, {"method": "ddpm", "steps": 50}, {"method": "dpm2m", "steps": 10}],
-    ids=["ddim-50", "ddpm-50", "dpm2m-10"],
+    [
+        {"method": "ddim", "steps": 50},
+        {"method": "ddpm", "steps": 50},
+        {"method": "dpm2m", "steps": 10},
+        {"method": "unipc", "steps": 10},
+    ],
+    ids=["ddim-50", "ddpm-50", "dpm2m-10", "unipc-10"],
 )
 def test_sampling(benchmark, problem, args):
     sde, _, score = problem

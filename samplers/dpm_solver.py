@@ -21,9 +21,12 @@ lambda_s, r = h_prev / h, phi = 1 - e^{-h})
 As x0_j = (x_j - std_j Sigma^{1/2} eps_j) / a_j is linear in the stored (x_j, eps_j), each step is one `ni_update` of
 x_lin = sum_j u_j x_j and eps_lin = sum_j v_j eps_j (the multistep history enters as plain axpys, Sigma^{1/2} once).
 
-Grid: the model is evaluated at t_0 = T > ... > t_{K-1} = eps, uniform in t ("time") or in lambda ("logsnr",
-default): lambda_k = lambda(T) + (lambda(eps) - lambda(T)) (k / (K-1))^warp, where warp < 1 spaces the steps more
-closely at low noise (warp = 1: uniform in log-SNR, as DPM-Solver). The first step is first order (no history).
+Grid: the model is evaluated at t_0 = T > ... > t_{K-1} = eps, uniform in t ("time"), in lambda ("logsnr",
+default) or in rho(lambda) = log(1 + e^{lambda - lambda_0}), lambda_0 = -2.5 ("signal", the default of samplers.unipc):
+rho_k = rho(lambda(T)) + (rho(lambda(eps)) - rho(lambda(T))) (k / (K-1))^warp (rho = lambda for "logsnr"), where
+warp < 1 spaces the steps more closely at low noise (warp = 1: uniform, as DPM-Solver). "signal" is uniform in lambda
+above lambda_0 and uniform in the signal amplitude e^lambda = a / std below it, where the data prediction has barely
+left the data mean (docs/math.md §3.1). The first step is first order (no history).
 denoise=True takes the last step from eps to a = 1, std = 0 (phi = 1, first order: x = x0(x_eps, eps));
 denoise=False ends at t = eps, with the K evaluations at the first K of K + 1 grid points.
 """
@@ -37,13 +40,21 @@ from torch import Tensor
 
 from .common import DEFAULT_EPS, Run, check_eps
 
-__all__ = ["SCHEDULES", "solver_times", "exponential_step_weights", "sample_dpm2m"]
+__all__ = ["SCHEDULES", "SIGNAL_LOGSNR", "signal_clock", "solver_times", "exponential_step_weights", "sample_dpm2m"]
 
-SCHEDULES = ("logsnr", "time")
+SCHEDULES = ("logsnr", "time", "signal")
+SIGNAL_LOGSNR = -2.5  # lambda_0 of the "signal" grid: below it, equal steps in e^lambda (docs/math.md §3.1)
+
+
+def signal_clock(lam: Tensor) -> Tensor:
+    """rho(lambda) = log(1 + e^{lambda - lambda_0}): about lambda - lambda_0 above lambda_0, e^{lambda - lambda_0}
+    below (docs/math.md §3.1)."""
+    return torch.nn.functional.softplus(lam - SIGNAL_LOGSNR)
 
 
 def solver_times(sde, points: int, eps: float, schedule: str = "logsnr", warp: float = 1.0) -> Tensor:
-    """`points` times from T down to eps (float64): uniform in t ("time"), or in lambda warped by u -> u^warp.
+    """`points` times from T down to eps (float64): uniform in t ("time"), or in lambda ("logsnr") or in
+    `signal_clock`(lambda) ("signal"), warped by u -> u^warp.
 
     lambda(t) is decreasing; its inverse is found by bisection on [eps, T], so any SDE works.
     """
@@ -56,7 +67,11 @@ def solver_times(sde, points: int, eps: float, schedule: str = "logsnr", warp: f
     if schedule == "time":
         return torch.linspace(sde.T, eps, points, dtype=torch.float64)
     ends = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
+    if schedule == "signal":
+        ends = signal_clock(ends)
     target = ends[0] + (ends[1] - ends[0]) * torch.linspace(0, 1, points, dtype=torch.float64) ** warp
+    if schedule == "signal":  # back from rho to lambda
+        target = SIGNAL_LOGSNR + torch.log(torch.expm1(target))
     lo = torch.full_like(target, eps)
     hi = torch.full_like(target, sde.T)
     for _ in range(100):

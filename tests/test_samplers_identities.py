@@ -6,6 +6,7 @@
 * Tweedie in eps form (the samplers' denoising step) equals Gaussian conditioning E[x_0 | x_t] (8.10).
 * DPM-Solver++: the first-order step is DDIM (eta = 0) for VP and VE; order 1 converges at rate 1 and 2M at rate 2
   to the probability-flow ODE solution; CAS with eta = 1 - 1/r is first-order DDIM for VE.
+* UniPC's identities and orders: tests/test_unipc.py.
 """
 
 from __future__ import annotations

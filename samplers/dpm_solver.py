@@ -104,6 +104,18 @@ def exponential_step_weights(
     return u, v
 
 
+def solver_grid(
+    sde, steps: int, eps: float, schedule: str, warp: float, denoise: bool
+) -> tuple[Tensor, list[float], list[float], list[float]]:
+    """(times of the `steps` evaluations, and a, std, lambda at every grid point): `solver_times` with one more
+    point when denoise=False, and with denoise=True the final target t = 0 (a = 1, std = 0, lambda = inf)."""
+    times = solver_times(sde, steps if denoise else steps + 1, eps, schedule, warp)
+    a, std, lam = sde.mean_coeff(times).tolist(), sde.marginal_std(times).tolist(), sde.log_snr(times).tolist()
+    if denoise:
+        a, std, lam = a + [1.0], std + [0.0], lam + [float("inf")]
+    return times, a, std, lam
+
+
 def sample_dpm2m(
     run: Run,
     steps: int | None,
@@ -119,12 +131,7 @@ def sample_dpm2m(
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     steps = 20 if steps is None else steps
-    times = solver_times(sde, steps if denoise else steps + 1, eps, schedule, warp)
-    a = sde.mean_coeff(times).tolist()
-    std = sde.marginal_std(times).tolist()
-    lam = sde.log_snr(times).tolist()
-    if denoise:  # the final target: t = 0 with a = 1, std = 0, lambda = inf
-        a, std, lam = a + [1.0], std + [0.0], lam + [float("inf")]
+    times, a, std, lam = solver_grid(sde, steps, eps, schedule, warp, denoise)
     x = run.prior()
     history: list[tuple[Tensor, Tensor]] = []  # (x_j, eps_j), newest first
     for k in run.steps(range(steps), steps, "dpm2m"):

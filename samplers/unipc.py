@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from .common import DEFAULT_EPS, Run, check_eps
-from .dpm_solver import solver_times
+from .dpm_solver import solver_grid
 
 __all__ = ["CORRECTORS", "exponential_moments", "interpolation_weights", "sample_unipc"]
 
@@ -107,12 +107,7 @@ def sample_unipc(
     if corrector not in CORRECTORS:
         raise ValueError(f"corrector must be one of {CORRECTORS}, got {corrector!r}")
     steps = 10 if steps is None else steps
-    times = solver_times(sde, steps if denoise else steps + 1, eps, schedule)
-    a = sde.mean_coeff(times).tolist()
-    std = sde.marginal_std(times).tolist()
-    lam = sde.log_snr(times).tolist()
-    if denoise:  # the final target: t = 0 with a = 1, std = 0, lambda = inf
-        a, std, lam = a + [1.0], std + [0.0], lam + [float("inf")]
+    times, a, std, lam = solver_grid(sde, steps, eps, schedule, 1.0, denoise)
     x = run.prior()
     stored: dict[int, tuple[Tensor, Tensor]] = {}  # k -> (predicted x_k, eps_k), the last order + 1
     last: tuple[list[int], list[float]] | None = None  # nodes and weights of the predictor that gave x_k

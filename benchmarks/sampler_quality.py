@@ -63,18 +63,19 @@ def configurations(nfe: int) -> list[tuple[str, str, dict, int]]:
     """(row label, SDE family, sample() arguments, SDE discretisation N) for a budget of `nfe` evaluations; a label
     starting with "mixture 2" samples the second mixture."""
     vp, ve, white = "vp", "ve", "white"
-    tuned = {"warp": 0.65, "eps": 5e-3}  # dpm2m's log-SNR warp, tuned on mixture 1
+    tuned = {"schedule": "logsnr", "warp": 0.65, "eps": 5e-3}  # tuned on mixture 1 (before the signal grid)
+    logsnr = {"schedule": "logsnr"}  # dpm2m's default grid before the signal grid
     return [
-        ("unipc (defaults: order 3 + UniC, signal grid)", vp, {"method": "unipc", "steps": nfe}, 1000),
-        ("unipc (logsnr grid)", vp, {"method": "unipc", "steps": nfe, "schedule": "logsnr"}, 1000),
-        ("unipc (order 3, no corrector)", vp, {"method": "unipc", "steps": nfe, "corrector": "none"}, 1000),
-        ("dpm2m (signal grid)", vp, {"method": "dpm2m", "steps": nfe, "schedule": "signal"}, 1000),
         ("ddpm (var = posterior beta~, default)", vp, {"method": "ddpm", "steps": nfe}, 1000),
         ("ddpm (var = beta)", vp, {"method": "ddpm", "steps": nfe, "var": "beta"}, 1000),
         ("ddim (eta=0)", vp, {"method": "ddim", "steps": nfe}, 1000),
-        ("dpm2m (defaults: logsnr grid, eps 1e-3)", vp, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("dpm2m (defaults: signal grid, eps 1e-3)", vp, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("dpm2m (logsnr grid, the earlier default)", vp, {"method": "dpm2m", "steps": nfe} | logsnr, 1000),
         ("dpm2m (logsnr warp 0.65, eps 5e-3)", vp, {"method": "dpm2m", "steps": nfe} | tuned, 1000),
         ("dpm2m (time grid)", vp, {"method": "dpm2m", "steps": nfe, "schedule": "time"}, 1000),
+        ("unipc (defaults: order 3 + UniC, signal grid)", vp, {"method": "unipc", "steps": nfe}, 1000),
+        ("unipc (logsnr grid)", vp, {"method": "unipc", "steps": nfe} | logsnr, 1000),
+        ("unipc (order 3, no corrector)", vp, {"method": "unipc", "steps": nfe, "corrector": "none"}, 1000),
         ("pc euler_maruyama", vp, {"method": "pc", "steps": nfe}, 1000),
         ("pc reverse_diffusion (N=NFE)", vp, {"method": "pc", "steps": nfe, "predictor": "reverse_diffusion"}, nfe),
         ("pc ancestral (N=NFE)", vp, {"method": "pc", "steps": nfe, "predictor": "ancestral"}, nfe),
@@ -85,7 +86,8 @@ def configurations(nfe: int) -> list[tuple[str, str, dict, int]]:
             1000,
         ),
         ("ode euler (NFE-1 steps + denoise)", vp, {"method": "ode", "solver": "euler", "steps": nfe - 1}, 1000),
-        ("NI-VE dpm2m (logsnr grid)", ve, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("NI-VE dpm2m (defaults: signal grid)", ve, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("NI-VE dpm2m (logsnr grid)", ve, {"method": "dpm2m", "steps": nfe} | logsnr, 1000),
         ("NI-VE unipc (defaults)", ve, {"method": "unipc", "steps": nfe}, 1000),
         (
             "NI-VE pc reverse_diffusion (N=NFE)",
@@ -100,11 +102,14 @@ def configurations(nfe: int) -> list[tuple[str, str, dict, int]]:
             {"method": "als", "steps": (nfe - 1) // 3, "n_steps_each": 3},
             1000,
         ),
-        ("VP white dpm2m (defaults)", white, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("VP white dpm2m (defaults: signal grid)", white, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("VP white dpm2m (logsnr grid)", white, {"method": "dpm2m", "steps": nfe} | logsnr, 1000),
         ("VP white unipc (defaults)", white, {"method": "unipc", "steps": nfe}, 1000),
-        ("mixture 2: dpm2m (defaults)", vp, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("mixture 2: dpm2m (defaults: signal grid)", vp, {"method": "dpm2m", "steps": nfe}, 1000),
+        ("mixture 2: dpm2m (logsnr grid)", vp, {"method": "dpm2m", "steps": nfe} | logsnr, 1000),
         ("mixture 2: dpm2m (logsnr warp 0.65, eps 5e-3)", vp, {"method": "dpm2m", "steps": nfe} | tuned, 1000),
         ("mixture 2: unipc (defaults)", vp, {"method": "unipc", "steps": nfe}, 1000),
+        ("mixture 2: NI-VE dpm2m (defaults: signal grid)", ve, {"method": "dpm2m", "steps": nfe}, 1000),
         ("mixture 2: NI-VE unipc (defaults)", ve, {"method": "unipc", "steps": nfe}, 1000),
     ]
 

@@ -21,8 +21,8 @@ lambda_s, r = h_prev / h, phi = 1 - e^{-h})
 As x0_j = (x_j - std_j Sigma^{1/2} eps_j) / a_j is linear in the stored (x_j, eps_j), each step is one `ni_update` of
 x_lin = sum_j u_j x_j and eps_lin = sum_j v_j eps_j (the multistep history enters as plain axpys, Sigma^{1/2} once).
 
-Grid: the model is evaluated at t_0 = T > ... > t_{K-1} = eps, uniform in t ("time"), in lambda ("logsnr",
-default) or in rho(lambda) = log(1 + e^{lambda - lambda_0}), lambda_0 = -2.5 ("signal", the default of samplers.unipc):
+Grid: the model is evaluated at t_0 = T > ... > t_{K-1} = eps, uniform in t ("time"), in lambda ("logsnr") or in
+rho(lambda) = log(1 + e^{lambda - lambda_0}), lambda_0 = -3.5 ("signal", the default here and in samplers.unipc):
 rho_k = rho(lambda(T)) + (rho(lambda(eps)) - rho(lambda(T))) (k / (K-1))^warp (rho = lambda for "logsnr"), where
 warp < 1 spaces the steps more closely at low noise (warp = 1: uniform, as DPM-Solver). "signal" is uniform in lambda
 above lambda_0 and uniform in the signal amplitude e^lambda = a / std below it, where the data prediction has barely
@@ -43,7 +43,7 @@ from .common import DEFAULT_EPS, Run, check_eps
 __all__ = ["SCHEDULES", "SIGNAL_LOGSNR", "signal_clock", "solver_times", "exponential_step_weights", "sample_dpm2m"]
 
 SCHEDULES = ("logsnr", "time", "signal")
-SIGNAL_LOGSNR = -2.5  # lambda_0 of the "signal" grid: below it, equal steps in e^lambda (docs/math.md §3.1)
+SIGNAL_LOGSNR = -3.5  # lambda_0 of the "signal" grid: below it, equal steps in e^lambda (docs/math.md §3.1)
 
 
 def signal_clock(lam: Tensor) -> Tensor:
@@ -120,7 +120,7 @@ def sample_dpm2m(
     run: Run,
     steps: int | None,
     order: int = 2,
-    schedule: str = "logsnr",
+    schedule: str = "signal",
     warp: float = 1.0,
     eps: float = DEFAULT_EPS,
     denoise: bool = True,

@@ -133,14 +133,15 @@ def test_first_order_exponential_step_is_ddim(cov):
 
 
 def test_dpm_solver_order_one_run_is_a_ddim_run(cov):
-    """sample(dpm2m, order=1) equals DDIM steps (eta = 0) with abar = a(t)^2 on the same grid, to the end."""
+    """sample(dpm2m, order=1) equals DDIM steps (eta = 0) with abar = a(t)^2 on the same grid (its default, "signal"),
+    to the end."""
     sde = NIVPSDE(cov=cov)
     data = GaussianMixture.gaussian(SHAPE, torch.Generator().manual_seed(4))
     score = data.score_fn(sde)
     out, _ = samplers.sample(
         sde, score, (6, *SHAPE), method="dpm2m", steps=8, order=1, generator=torch.Generator().manual_seed(5), dtype=F64
     )
-    times = solver_times(sde, 8, 1e-3)
+    times = solver_times(sde, 8, 1e-3, "signal")
     abar = (sde.mean_coeff(times) ** 2).tolist() + [1.0]
     seed = int(torch.randint(0, 2**31 - 1, (), generator=torch.Generator().manual_seed(5)))
     x = sde.prior_scale * kernels.gff_noise(cov, 6, seed, dtype=F64)[1]

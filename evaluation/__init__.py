@@ -17,7 +17,7 @@ from .digits_classifier import (
     load_or_train_digits_classifier,
     train_digits_classifier,
 )
-from .digits_metric import DIGITS_SHAPE, DigitsMetric
+from .digits_metric import DIGITS_SHAPE, FLOOR_DRAWS, DigitsMetric, RealFloor
 from .frechet import frechet_distance, frechet_distance_of_features, gaussian_fit
 from .images import render_rows, save_grid, save_png_folder, save_samples_npz, to_uint8
 from .knn_precision_recall import knn_radii, manifold_coverage, precision_recall
@@ -35,6 +35,8 @@ __all__ = [
     "DigitsClassifier",
     "DIGITS_SHAPE",
     "DigitsMetric",
+    "FLOOR_DRAWS",
+    "RealFloor",
     "accuracy",
     "cleanfid_extractor",
     "load_or_train_digits_classifier",

@@ -84,9 +84,11 @@ def run(args: argparse.Namespace) -> int:
         "feature_space": f"penultimate layer (64-d) of a digits CNN classifier, test accuracy {metric.accuracy:.4f}",
         "classifier_test_accuracy": metric.accuracy,
         "frechet_distance": scores["frechet_distance"],
-        "frechet_distance_real_floor": floor,
-        "frechet_distance_real_floor_note": f"{len(x)} train digits vs the held-out test digits, same features",
-        "fd_over_floor": scores["frechet_distance"] / floor,
+        "frechet_distance_real_floor": floor.mean,
+        "frechet_distance_real_floor_sd": floor.sd,
+        "frechet_distance_real_floor_note": f"mean (and sd) over {floor.draws} draws of {len(x)} train digits vs the "
+        "held-out test digits, same features",
+        "fd_over_floor": scores["frechet_distance"] / floor.mean,
         "precision": scores["precision"],
         "recall": scores["recall"],
         "precision_recall_k": 3,
@@ -124,8 +126,8 @@ def print_summary(workdir, grid, m: dict) -> None:
         f"run directory   {workdir}",
         f"samples         {grid}  ({m['sampler']['n']} images, {m['sampler']['method']}, NFE {m['sampler']['nfe']:g})",
         f"metrics         {workdir / 'metrics.json'}",
-        f"Frechet dist.   {m['frechet_distance']:.3f}  (real-data floor {m['frechet_distance_real_floor']:.3f}, "
-        f"ratio {m['fd_over_floor']:.2f})",
+        f"Frechet dist.   {m['frechet_distance']:.3f}  (real-data floor {m['frechet_distance_real_floor']:.3f} "
+        f"+- {m['frechet_distance_real_floor_sd']:.3f}, ratio {m['fd_over_floor']:.2f})",
         f"precision       {m['precision']:.3f}   recall {m['recall']:.3f}  (k = 3)",
         f"classifier acc. {m['classifier_test_accuracy']:.4f} (held-out digits; its features define the metric)",
     ]

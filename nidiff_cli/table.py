@@ -121,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if metric == "digits":
         floor = digits.real_floor(cfg.sampling.num_samples, cfg.seed)
-        note += f" Real-data floor (train vs test, {cfg.sampling.num_samples} images): {floor:.2f}."
+        note += (
+            f" Real-data floor (train vs test, {cfg.sampling.num_samples} images, mean +- sd over {floor.draws} "
+            f"draws): {floor.mean:.2f} +- {floor.sd:.2f}."
+        )
     md_path.write_text(table + "\n\n" + note + "\n")
     print(table + "\n\n" + note + f"\n\nCSV {csv_path}\nmarkdown {md_path}")
     return 0

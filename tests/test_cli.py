@@ -89,7 +89,11 @@ def test_main_job_writes_grid_metrics_and_summary(main_run):
         "options": {},
     }
     assert metrics["frechet_distance"] > 0 and metrics["frechet_distance_real_floor"] > 0
+    # The floor is the mean over 20 draws of 40 train digits, with the spread of the draws beside it.
+    assert metrics["frechet_distance_real_floor_sd"] > 0
+    assert "20 draws of 40 train digits" in metrics["frechet_distance_real_floor_note"]
     assert metrics["fd_over_floor"] == metrics["frechet_distance"] / metrics["frechet_distance_real_floor"]
+    assert f"+- {metrics['frechet_distance_real_floor_sd']:.3f}, ratio {metrics['fd_over_floor']:.2f}" in out
     assert metrics["interrupted"] is False and len(metrics["commit"]) == 40 and metrics["torch"] == torch.__version__
     assert metrics["device"] == "cpu" and metrics["seed"] == 0 and len(metrics["config_sha256"]) == 16
     samples = np.load(workdir / "samples.npz")["samples"]

@@ -285,6 +285,31 @@ def test_classifier_frechet_distance_is_zero_for_the_same_set_and_large_for_nois
     assert evaluation.precision_recall(f_test, f_noise) == (0.0, 0.0)
 
 
+def test_real_floor_is_the_mean_and_sd_over_draws_of_train_digits(classifier, digits_split):
+    model, acc, _ = classifier
+    train_x, _, test_x, _ = digits_split
+    metric = evaluation.DigitsMetric(model, acc, train_x, test_x)
+    floor = metric.real_floor(100, seed=3, draws=5)
+    assert floor.draws == 5 and floor.sd > 0
+    # The same draws by hand: one generator seeded once, a fresh permutation of the train digits per draw.
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        f_test = model.features(test_x)
+        values = [
+            evaluation.frechet_distance_of_features(
+                model.features(train_x[torch.randperm(len(train_x), generator=generator)[:100]]), f_test
+            )
+            for _ in range(5)
+        ]
+    assert floor.mean == pytest.approx(np.mean(values), rel=1e-9)
+    assert floor.sd == pytest.approx(np.std(values, ddof=1), rel=1e-9)
+    # One draw is the single-draw floor of earlier versions (the first of the draws above), with sd 0.
+    assert metric.real_floor(100, seed=3, draws=1) == (pytest.approx(values[0], rel=1e-9), 0.0, 1)
+    assert metric.real_floor(100, seed=3).draws == evaluation.FLOOR_DRAWS == 20
+    with pytest.raises(ValueError, match="draws"):
+        metric.real_floor(100, draws=0)
+
+
 def test_digits_extractor_reads_pngs_like_the_model_reads_tensors(classifier, digits_split, tmp_path):
     model, _, _ = classifier
     x = digits_split[2][:50]

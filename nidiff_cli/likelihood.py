@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 import evaluation
 import samplers
 from sde_lib import SDE
-from training import TrainConfig, score_fn_for
+from training import TrainConfig, loss_for, score_fn_for
 
 from .common import (
     EXIT_INTERRUPTED,
@@ -57,7 +57,7 @@ def bits_per_dim(
     """({mean, standard_error, images, levels, nfe, per_image}, the signal that stopped it or None): bits/dim of
     integer `pixels` in batches of cfg.sampling.batch_size (samplers.bits_per_dim), stopped cleanly by SIGINT or
     SIGTERM after the batches done."""
-    score_fn = score_fn_for(model, sde, run.loss)
+    score_fn = score_fn_for(model, sde, loss_for(run))
     generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
     out, nfes, stopped = [], [], None
     batch = cfg.sampling.batch_size

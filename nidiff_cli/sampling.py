@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 import samplers
 from sde_lib import SDE
-from training import TrainConfig, score_fn_for
+from training import TrainConfig, loss_for, score_fn_for
 
 from .common import Interrupted, interruptible
 from .config import Config
@@ -29,7 +29,7 @@ def draw(
     with interruptible():
         try:
             for x, nfe in samplers.sample_batches(
-                sde, score_fn_for(model, sde, run.loss), tuple(model.config.image_shape), s.num_samples,
+                sde, score_fn_for(model, sde, loss_for(run)), tuple(model.config.image_shape), s.num_samples,
                 s.batch_size, s.method, s.steps, cfg.seed, cfg.device, s.options, progress,
             ):  # fmt: skip
                 batches.append(x)

@@ -95,10 +95,14 @@ class TrainingSection:
     """The optimisation (training.TrainConfig): loss, steps, batch, AdamW, EMA, precision and periods."""
 
     loss: str = _TRAIN["loss"]
+    time_sampling: str = _TRAIN["time_sampling"]
+    lognormal_mean: float = _TRAIN["lognormal_mean"]
+    lognormal_std: float = _TRAIN["lognormal_std"]
     steps: int = _TRAIN["steps"]
     batch_size: int = _TRAIN["batch_size"]
     lr: float = _TRAIN["lr"]
     warmup: int = _TRAIN["warmup"]
+    lr_schedule: str = _TRAIN["lr_schedule"]
     weight_decay: float = _TRAIN["weight_decay"]
     grad_clip: float = _TRAIN["grad_clip"]
     ema_decay: float = _TRAIN["ema_decay"]

@@ -12,7 +12,7 @@ import evaluation
 import samplers
 from samplers.progress import progress
 from sde_lib import SDE
-from training import TrainConfig, score_fn_for
+from training import TrainConfig, loss_for, score_fn_for
 from training.distributed import DistContext
 
 from .common import (
@@ -68,7 +68,7 @@ def bits_per_dim(
     it or None): bits/dim of integer `pixels` in batches of cfg.sampling.batch_size (samplers.bits_per_dim), each
     rank taking its share of the batches; batch j's dequantisation and probe come from samplers.batch_seed(seed, j),
     so the result does not depend on the number of processes. SIGINT / SIGTERM stop after the batches done."""
-    score_fn = score_fn_for(model, sde, run.loss)
+    score_fn = score_fn_for(model, sde, loss_for(run))
     batch = cfg.sampling.batch_size
     mine, stopped = [], None
     with interruptible():

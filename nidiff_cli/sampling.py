@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 import samplers
 from sde_lib import SDE
-from training import TrainConfig, score_fn_for
+from training import TrainConfig, loss_for, score_fn_for
 from training.distributed import DistContext
 
 from .common import Interrupted, interruptible
@@ -33,7 +33,7 @@ def draw(
     with interruptible():
         try:
             for j, x, nfe in samplers.sample_batches(
-                sde, score_fn_for(model, sde, run.loss), tuple(model.config.image_shape), s.num_samples,
+                sde, score_fn_for(model, sde, loss_for(run)), tuple(model.config.image_shape), s.num_samples,
                 s.batch_size, s.method, s.steps, cfg.seed, cfg.device, s.options, progress and ctx.is_main,
                 batches=my_batches(count, ctx),
             ):  # fmt: skip

@@ -1,8 +1,10 @@
 """Predictor-corrector samplers of the reverse SDE (score_sde_pytorch's, with Sigma^{1/2}-coloured noise;
 docs/math.md §3, 4).
 
-Time grid: the model is evaluated at t_k = linspace(T, eps, steps)[k]; predictor step k moves from t_k to t_{k+1}
-(t_steps = 0), after `n_corrector` corrector steps at t_k. With eps = T / N and steps = N the grid is the
+Time grid: the model is evaluated at t_k = linspace(T, eps, steps)[k] (schedule="time"), or at the times uniform in
+log-SNR warped by u -> u^warp (schedule="logsnr": dpm_solver.solver_times, the grid of `dpm2m`; warp < 1 puts more
+steps near t = eps); predictor step k moves from t_k to t_{k+1} (t_steps = 0), after `n_corrector` corrector steps
+at t_k. With eps = T / N and steps = N the grid is the
 discrete one, t_k = (i + 1) T / N with i = sde.discrete_index(t_k) = N - 1 - k. All steps are written with
 eps = -std Sigma^{1/2} s (so Sigma s = -Sigma^{1/2} eps / std):
 
@@ -32,7 +34,8 @@ import math
 import torch
 from torch import Tensor
 
-from .common import DEFAULT_EPS, Run, time_grid
+from .common import DEFAULT_EPS, Run, check_eps
+from .dpm_solver import solver_times
 
 __all__ = ["PREDICTORS", "CORRECTORS", "sample_pc"]
 
@@ -50,6 +53,8 @@ def sample_pc(
     n_corrector: int = 1,
     denoise: bool = True,
     eps: float = DEFAULT_EPS,
+    schedule: str = "time",
+    warp: float = 1.0,
 ) -> Tensor:
     """Predictor-corrector sampling of the reverse SDE from N(0, c^2 Sigma) (module docstring; docs/math.md §3, 4)."""
     sde = run.sde
@@ -64,7 +69,7 @@ def sample_pc(
     if not isinstance(snr, (int, float)) or not snr > 0:
         raise ValueError(f"snr must be a positive number, got {snr!r}")
     steps = sde.N if steps is None else steps
-    times = time_grid(sde, steps, eps)
+    times = solver_times(sde, steps, check_eps(sde, eps), schedule, warp)  # "time": linspace(T, eps, steps)
     if predictor in DISCRETE_PREDICTORS:
         levels = sde.discrete_index(times)
         if not torch.equal(levels, torch.arange(sde.N - 1, -1, -1)):

@@ -24,7 +24,7 @@ from sde_lib import NIVESDE, NIVPSDE, VESDE, VPSDE, GFFCovariance, IdentityCovar
 from tests.gaussian_oracle import GaussianData
 from tests.spectra import dense_from_spectrum, gff_eigenvalues
 from training import get_loss, score_fn_for
-from training.losses import EPS_T, DSMLoss, NCSNLoss, NIDDPMLoss
+from training.losses import EPS_T, DSMLoss, NCSNLoss, NIDDPMLoss, time_of_log_snr
 
 SHAPE = (1, 4, 4)
 D = 16
@@ -270,6 +270,23 @@ def test_noise_levels_have_the_stated_laws():
         i = lv.t.numpy() * 50 - 1
         np.testing.assert_allclose(i, np.round(i), atol=1e-9)
         assert scipy.stats.chisquare(np.bincount(np.round(i).astype(int), minlength=50)).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["vp", "ve"])
+def test_lognormal_time_sampling_draws_ln_std_over_a_from_the_normal_law(kind):
+    """time_sampling="lognormal": ln(s(t) / a(t)) ~ N(mean, std^2) (Kolmogorov-Smirnov), each level within 1e-5 of
+    its normal draw (the interpolated inverse of log-SNR); levels outside [eps_t, T] clamp to the ends."""
+    sde = make_sde(kind, True)
+    mean, std = (-1.2, 1.2) if kind == "vp" else (-1.5, 0.6)  # the ends are 5 std or more away
+    lv = DSMLoss(time_sampling="lognormal", lognormal=(mean, std)).levels(sde, 20_000, seed=5)
+    log_sigma = torch.log(lv.s / lv.a).numpy()
+    assert lv.t.min() >= EPS_T and lv.t.max() <= 1.0
+    assert scipy.stats.kstest(log_sigma, scipy.stats.norm(mean, std).cdf).pvalue > 1e-3
+    z = np.random.default_rng([5, 0x4C45564C]).standard_normal(20_000)  # the loss's stream of levels
+    np.testing.assert_allclose(log_sigma, mean + std * z, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(time_of_log_snr(sde, EPS_T)(np.array([100.0, -100.0])), [EPS_T, 1.0], rtol=1e-12)
+    with pytest.raises(ValueError, match="time_sampling"):
+        DSMLoss(time_sampling="beta")
 
 
 def test_losses_are_deterministic_in_the_seed():

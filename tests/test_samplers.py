@@ -211,6 +211,29 @@ def test_nfe_counts_and_times_stay_in_range(problem, sde_name, args, expected_nf
     assert x.shape == (8, *SHAPE) and x.dtype == F64 and torch.isfinite(x).all()
 
 
+def test_pc_logsnr_schedule_evaluates_the_model_on_the_dpm2m_grid(problem):
+    """pc's schedule / warp options give the times of dpm2m's grid (dpm_solver.solver_times); "time" is linspace."""
+    from samplers.dpm_solver import solver_times
+
+    data, sdes = problem
+    sde = sdes["nivp"]
+    score = data.score_fn(sde)
+    for options, expected in [
+        ({"schedule": "logsnr", "warp": 0.7}, solver_times(sde, 12, 1e-3, "logsnr", 0.7)),
+        ({}, torch.linspace(1.0, 1e-3, 12, dtype=F64)),
+    ]:
+        seen: list[float] = []
+
+        def recording(x, t, seen=seen):
+            seen.append(float(t[0]))
+            return score(x, t)
+
+        draw(sde, recording, 4, method="pc", steps=12, **options)
+        assert seen == pytest.approx(expected.tolist(), rel=1e-12, abs=0)
+    with pytest.raises(ValueError, match="schedule"):
+        draw(sde, score, 4, method="pc", steps=12, schedule="karras")
+
+
 def test_dtype_defaults_to_torch_default_and_progress_is_off_by_default(problem, capsys):
     data, sdes = problem
     sde = sdes["nivp"]

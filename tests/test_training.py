@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from sde_lib import NIVPSDE, GFFCovariance, IdentityCovariance
-from training import TrainConfig, get_loss, load_checkpoint, load_model, train
+from training import TrainConfig, get_loss, load_checkpoint, load_model, loss_for, train
 from training.checkpoint import list_checkpoints
+from training.config import lr_factor
 from training.data_order import BatchOrder
 from training.ema import create_ema, ema_decay_at
-from training.losses import EPS_T
+from training.losses import EPS_T, NIDDPMLoss
 
 SHAPE = (1, 8, 8)
 DATA_COV = GFFCovariance(SHAPE, power=2.0)  # smooth images: a covariance far from the noise's
@@ -140,6 +141,20 @@ def test_metrics_log_and_warmup(tmp_path):
         assert r["images_per_s"] == pytest.approx(r["steps_per_s"] * cfg.batch_size)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_lr_decays_after_the_warmup_to_zero_at_the_last_step(tmp_path, schedule):
+    cfg = config(tmp_path, steps=10, log_every=1, warmup=2, lr=1e-3, lr_schedule=schedule)
+    train(cfg, progress=False, dataset=gaussian_images(64, 5))
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # after k optimiser steps the scheduler holds lr * lr_factor(k): the ramp, then 1 at k = warmup, then the decay
+    assert lrs == pytest.approx([1e-3 * lr_factor(k, 2, 10, schedule) for k in range(1, 11)], rel=1e-12)
+    p = [(k - 2) / 8 for k in range(2, 11)]
+    decay = [(1 + math.cos(math.pi * q)) / 2 if schedule == "cosine" else 1 - q for q in p]
+    assert [lr_factor(k, 2, 10, schedule) for k in range(2, 11)] == pytest.approx(decay, abs=1e-15)
+    assert lrs[-1] == 0.0 and lr_factor(0, 2, 10, schedule) == 0.5  # step 1 is on the ramp
+    assert [lr_factor(k, 2, 10, "constant") for k in range(4)] == [0.5, 1.0, 1.0, 1.0]
+
+
 def test_ema_follows_its_recursion():
     """W_ema = W_0 after the first update, then W_ema <- d_n W_ema + (1 - d_n) W_n, d_n = min(d, (1 + n) / (10 + n))."""
     net, d = nn.Linear(3, 2), 0.9
@@ -243,6 +258,15 @@ def test_config_validation():
         TrainConfig(workdir="w", noise="pink")
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(workdir="w", ema_decay=1.0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(workdir="w", lr_schedule="step")
+    with pytest.raises(ValueError, match="needs the continuous loss 'dsm'"):
+        TrainConfig(workdir="w", loss="ddpm", time_sampling="lognormal")
+    with pytest.raises(ValueError, match="lognormal_std"):
+        TrainConfig(workdir="w", time_sampling="lognormal", lognormal_std=0.0)
+    lognormal = loss_for(TrainConfig(workdir="w", time_sampling="lognormal", lognormal_mean=-1.0))
+    assert (lognormal.time_sampling, lognormal.lognormal) == ("lognormal", (-1.0, 1.2))
+    assert isinstance(loss_for(TrainConfig(workdir="w", loss="ddpm")), NIDDPMLoss)
     with pytest.raises(ValueError, match="unknown TrainConfig"):
         TrainConfig.from_dict({"workdir": "w", "epochs": 3})
     cfg = TrainConfig(workdir="w", model_overrides={"dropout": 0.0})

@@ -15,7 +15,7 @@ Public API (stable):
         # naming the step.
         # Under torchrun (WORLD_SIZE > 1) it trains with DDP (gloo on CPU, nccl on CUDA); rank 0 alone writes.
     model, sde, cfg = load_model("runs/digits_nivp", ema=True, device="cpu")   # eval mode, EMA weights
-    score_fn = score_fn_for(model, sde, cfg.loss)                                # for sde.reverse / samplers
+    score_fn = score_fn_for(model, sde, loss_for(cfg))                          # for sde.reverse / samplers
     ckpt = load_checkpoint("runs/digits_nivp")     # payload dict of the newest readable checkpoint (or of a file)
 
     log_scalars("runs/digits_nivp", {"eval/frechet_distance": 3.2}, step=600)  # appended to the run's TensorBoard
@@ -51,7 +51,7 @@ from .config import LOSS_NAMES, TrainConfig
 from .events import log_scalars
 from .export import export_weights, load_weights
 from .loop import train
-from .losses import DiffusionLoss, DSMLoss, NCSNLoss, NIDDPMLoss, get_loss, score_fn_for
+from .losses import DiffusionLoss, DSMLoss, NCSNLoss, NIDDPMLoss, get_loss, loss_for, score_fn_for
 
 __all__ = [
     "TrainConfig",
@@ -69,6 +69,7 @@ __all__ = [
     "DSMLoss",
     "NCSNLoss",
     "get_loss",
+    "loss_for",
     "score_fn_for",
 ]
 

@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from sde_lib import SDE_NAMES
 
-__all__ = ["TrainConfig", "LOSS_NAMES", "NOISE_NAMES", "RUN_LENGTH_FIELDS"]
+__all__ = [
+    "TrainConfig",
+    "LOSS_NAMES",
+    "NOISE_NAMES",
+    "LR_SCHEDULES",
+    "RUN_LENGTH_FIELDS",
+    "lr_factor",
+]
 
 LOSS_NAMES = ("dsm", "ddpm", "ncsn")
 NOISE_NAMES = ("gff", "data")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+TIME_SAMPLINGS = ("uniform", "lognormal")
+
+
+def lr_factor(k: int, warmup: int, steps: int, schedule: str) -> float:
+    """The learning rate of optimiser step k + 1 (k = 0, 1, ...) over `lr`: min(1, (k + 1) / warmup) times, for
+    "cosine" / "linear", a decay from 1 after the warm-up to 0 at step `steps`: with p = (k - warmup) / (steps -
+    warmup) clamped to [0, 1], (1 + cos(pi p)) / 2 or 1 - p ("constant": 1)."""
+    ramp = min(1.0, (k + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "constant" or steps <= warmup:
+        return ramp
+    p = min(1.0, max(0.0, (k - warmup) / (steps - warmup)))
+    return ramp * ((1.0 + math.cos(math.pi * p)) / 2.0 if schedule == "cosine" else 1.0 - p)
+
 
 # Fields that may change when a run is resumed: how long it runs, how often it logs and saves, where it runs, and
 # init_from (read only by a fresh run: a resumed one continues from its own checkpoint).
@@ -49,9 +71,13 @@ class TrainConfig:
                   training images (the spectrum is stored in the checkpoint).
     loss          "dsm" (continuous, eps-parameterised), "ddpm" (NI-DDPM discrete, VP family), "ncsn"
                   (unconditional u(x), score u / sigma, VE family).
+    time_sampling "dsm": t ~ U(0, 1) ("uniform"), or "lognormal": ln(std(t) / a(t)) ~ N(lognormal_mean,
+                  lognormal_std^2), i.e. the loss weighted by that density of t (training.losses.DSMLoss).
     steps         total optimiser steps (a resumed run continues to this number).
     batch_size    global batch (split evenly over DDP ranks).
     lr, warmup    AdamW learning rate, reached linearly over `warmup` steps; `weight_decay` AdamW's decay.
+    lr_schedule   after the warm-up: "constant", or "cosine" / "linear" decay to 0 at step `steps` (lr_factor; a
+                  resumed run with more steps decays over the new total).
     grad_clip     max global gradient norm (0 disables clipping; the norm is still checked for finiteness).
     ema_decay     decay of the exponential moving average of the weights, after a warm-up: the update that
                   follows n others uses min(ema_decay, (1 + n) / (10 + n)) (training.ema).
@@ -80,10 +106,14 @@ class TrainConfig:
     dc: str = "one"
     noise: str = "gff"
     loss: str = "dsm"
+    time_sampling: str = "uniform"
+    lognormal_mean: float = -1.2
+    lognormal_std: float = 1.2
     steps: int = 600
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 50
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -111,8 +141,16 @@ class TrainConfig:
             raise ValueError(f"sde must be one of {SDE_NAMES}, got {self.sde!r}")
         if self.noise not in NOISE_NAMES:
             raise ValueError(f"noise must be one of {NOISE_NAMES}, got {self.noise!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {self.time_sampling!r}")
+        if self.time_sampling != "uniform" and self.loss != "dsm":
+            raise ValueError(f"time_sampling {self.time_sampling!r} needs the continuous loss 'dsm', not {self.loss!r}")
+        if not self.lognormal_std > 0:
+            raise ValueError(f"lognormal_std must be > 0, got {self.lognormal_std}")
         if not isinstance(self.model_overrides, dict):
             raise TypeError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
         for name in ("steps", "batch_size", "log_every", "keep", "sample_count", "sample_steps", "num_scales"):

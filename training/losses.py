@@ -23,6 +23,7 @@ Isotropic models are Sigma = I (IdentityCovariance): the same code.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,21 @@ from samplers.score_model import Scale
 from sde_lib import SDE, NotApplicableError, eps_from_prediction
 from sde_lib.prediction import check_prediction
 
-__all__ = ["EPS_T", "NoiseLevels", "DiffusionLoss", "NIDDPMLoss", "DSMLoss", "NCSNLoss", "get_loss", "score_fn_for"]
+from .config import TIME_SAMPLINGS
+
+__all__ = [
+    "EPS_T",
+    "TIME_SAMPLINGS",
+    "time_of_log_snr",
+    "NoiseLevels",
+    "DiffusionLoss",
+    "NIDDPMLoss",
+    "DSMLoss",
+    "NCSNLoss",
+    "get_loss",
+    "loss_for",
+    "score_fn_for",
+]
 
 EPS_T = 1e-5
 # Tag of the random stream that draws noise levels, so that it never coincides with the stream of eps
@@ -128,21 +143,53 @@ class NIDDPMLoss(DiffusionLoss):
 
 class DSMLoss(DiffusionLoss):
     """Continuous DSM (docs/math.md §3, 4): t ~ U(eps_t, 1), x_t = a(t) x_0 + std(t) Sigma^{1/2} eps,
-    loss mean ||eps_theta(x_t, t) - eps||^2. Any SDE (VP, sub-VP, NIVP, VE, NI-VE)."""
+    loss mean ||eps_theta(x_t, t) - eps||^2. Any SDE (VP, sub-VP, NIVP, VE, NI-VE).
+
+    time_sampling="lognormal" draws t instead from ln(std(t) / a(t)) ~ N(mean, std^2) (EDM's noise-level law,
+    `lognormal` = (mean, std)), clamped to [eps_t, T]: the same objective weighted by that density of t, so its
+    minimiser is the same score; x_t and the Sigma^{1/2} noise are unchanged.
+    """
 
     name = "dsm"
 
-    def __init__(self, eps_t: float = EPS_T, prediction: str = "eps"):
+    def __init__(
+        self,
+        eps_t: float = EPS_T,
+        prediction: str = "eps",
+        time_sampling: str = "uniform",
+        lognormal: tuple[float, float] = (-1.2, 1.2),
+    ):
         if not 0.0 <= eps_t < 1.0:
             raise ValueError(f"eps_t must lie in [0, 1), got {eps_t}")
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
+        if not lognormal[1] > 0:
+            raise ValueError(f"the lognormal std must be > 0, got {lognormal[1]}")
         self.eps_t = float(eps_t)
         self.prediction = check_prediction(prediction)
+        self.time_sampling = time_sampling
+        self.lognormal = (float(lognormal[0]), float(lognormal[1]))
+        self._inverse: tuple[SDE, Callable[[np.ndarray], np.ndarray]] | None = None  # time_of_log_snr of the last SDE
 
     def scale(self, sde: SDE) -> Scale:
         return sde.marginal
 
     def times(self, sde: SDE, batch: int, rng: np.random.Generator) -> Tensor:
-        return self.eps_t + (sde.T - self.eps_t) * torch.from_numpy(rng.random(batch))
+        if self.time_sampling == "uniform":
+            return self.eps_t + (sde.T - self.eps_t) * torch.from_numpy(rng.random(batch))
+        if self._inverse is None or self._inverse[0] is not sde:
+            self._inverse = (sde, time_of_log_snr(sde, max(self.eps_t, 1e-12)))
+        mean, std = self.lognormal
+        return torch.from_numpy(self._inverse[1](-(mean + std * rng.standard_normal(batch))))  # log(a/std) = -ln(std/a)
+
+
+def time_of_log_snr(sde: SDE, t_min: float, points: int = 16385) -> Callable[[np.ndarray], np.ndarray]:
+    """The inverse t(lambda) of sde.log_snr (decreasing) on [t_min, T]: log t interpolated linearly in lambda on a
+    grid geometric in t (lambda within about 1e-6 of the target); a value outside the range gives the nearer end."""
+    t = np.geomspace(t_min, sde.T, points)
+    lam = sde.log_snr(torch.from_numpy(t)).numpy()[::-1]
+    log_t = np.log(t)[::-1]
+    return lambda log_snr: np.exp(np.interp(log_snr, lam, log_t))
 
 
 class NCSNLoss(DiffusionLoss):
@@ -175,10 +222,17 @@ def get_loss(name: str) -> DiffusionLoss:
     return _LOSSES[name]()
 
 
+def loss_for(cfg) -> DiffusionLoss:
+    """The loss of a training.TrainConfig: its `loss`, with the `time_sampling` of "dsm"."""
+    if cfg.loss == "dsm":
+        return DSMLoss(time_sampling=cfg.time_sampling, lognormal=(cfg.lognormal_mean, cfg.lognormal_std))
+    return get_loss(cfg.loss)
+
+
 def score_fn_for(model: nn.Module, sde: SDE, loss: str | DiffusionLoss) -> ScoreModel:
     """The network as the samplers see it (samplers.ScoreModel): what it predicts and the scale it was trained at
-    under `loss`; calling it gives the score (docs/math.md §2-4), and each sampler reads its eps at the sampler's
-    scale."""
+    under `loss` (a run's own is `loss_for(cfg)`); calling it gives the score (docs/math.md §2-4), and each sampler
+    reads its eps at the sampler's scale."""
     loss = get_loss(loss) if isinstance(loss, str) else loss
     if not isinstance(loss, DiffusionLoss):
         raise TypeError(f"loss must be a loss name or a DiffusionLoss, got {type(loss).__name__}")

@@ -18,8 +18,9 @@ def mean_and_sem(values: Tensor) -> tuple[float, float]:
 
 
 def table_markdown(rows: list[dict], columns: Sequence[str], labels: dict[str, str], score: str) -> str:
-    """A Markdown table of result rows {column, sampler, steps, fid, precision, recall}: one line per (sampler,
-    steps), for each value of `columns` (e.g. SDEs; `labels` their headings) the cells <score>, P, R."""
+    """A Markdown table of result rows {sde, sampler, steps, fd, fd_lo, fd_hi, precision, recall}: one line per
+    (sampler, steps), for each value of `columns` (SDEs; `labels` their headings) the cells <score> (with its
+    interval [fd_lo, fd_hi] where the row has one), P, R."""
     head = ["sampler", "steps"] + [f"{labels.get(c, c)} {name}" for c in columns for name in (score, "P", "R")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     cells = {(r["sampler"], r["steps"], r["sde"]): r for r in rows}
@@ -27,6 +28,12 @@ def table_markdown(rows: list[dict], columns: Sequence[str], labels: dict[str, s
         out = [sampler, str(steps)]
         for c in columns:
             r = cells.get((sampler, steps, c))
-            out += [f"{r['fid']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}"] if r else ["", "", ""]
+            out += [_score(r), f"{r['precision']:.3f}", f"{r['recall']:.3f}"] if r else ["", "", ""]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines)
+
+
+def _score(row: dict) -> str:
+    """fd as "12.34", or "12.34 [11.02, 13.90]" with its interval."""
+    text = f"{row['fd']:.2f}"
+    return text if row.get("fd_lo") is None else f"{text} [{row['fd_lo']:.2f}, {row['fd_hi']:.2f}]"

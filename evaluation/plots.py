@@ -75,6 +75,9 @@ def plot_table(table_csv: str | pathlib.Path, out: str | pathlib.Path) -> pathli
             ax.errorbar(steps, y, yerr=err, marker="o", capsize=3, color=f"C{i % 10}",
                         label=f"{' '.join(name)} ({seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
         ax.set(xlabel="sampler steps", xscale="log", title=sampler)
+        ticks = sorted({s for cells in lines.values() for s in cells})
+        ax.set_xticks(ticks, [str(s) for s in ticks])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     axes[0][0].set_ylabel("Frechet distance")

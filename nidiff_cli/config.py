@@ -40,6 +40,7 @@ __all__ = [
     "dump_toml",
     "config_hash",
     "config_from_dict",
+    "config_from_tree",
     "field_paths",
     "train_config",
     "preset_for_dataset",
@@ -326,11 +327,18 @@ def load_config(name_or_file: str | pathlib.Path) -> Config:
         raise ConfigError(f"config file {text!r} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {text!r} is not valid TOML: {err}") from None
+    return config_from_tree(tree, text)
+
+
+def config_from_tree(tree: dict, source: str) -> Config:
+    """A TOML document's tree over the preset it names in `preset = "..."` (default: the preset of its data set);
+    `source` names the document in errors."""
+    tree = dict(tree)
     preset = tree.pop("preset", None)
     if preset is None:
         preset = preset_for_dataset(tree.get("data", {}).get("dataset", "digits"))
     if preset not in PRESETS:
-        raise ConfigError(f"{text}: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        raise ConfigError(f"{source}: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     return config_from_dict(tree, PRESETS[preset]())
 
 

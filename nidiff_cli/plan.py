@@ -65,7 +65,7 @@ def estimate(grid: Grid) -> dict[Model, ModelCost]:
     return {
         model: ModelCost(
             train_s=grid.train_steps * step_s,
-            bpd_s=grid.bpd_images * BPD_IMAGE_S * scale,
+            bpd_s=0.0 if model.noise.dc == "zero" else grid.bpd_images * BPD_IMAGE_S * scale,  # no density at dc=zero
             cells={
                 c: grid.n * grid.nfe(model.sde, c.sampler, c.steps) * EVAL_IMAGE_S * scale + CELL_S
                 for c in grid.cells_of(model)
@@ -96,7 +96,7 @@ def trained_steps(run_dir: pathlib.Path) -> int:
 def _remaining(grid: Grid, model: Model, cost: ModelCost, done: set) -> tuple[float, float, float]:
     """(training, bits/dim, cells) seconds still to run."""
     left = max(0, grid.train_steps - trained_steps(grid.run_dir(model)))
-    bpd = cost.bpd_s if grid.bpd_images and not (grid.run_dir(model) / "bpd.npz").is_file() else 0.0
+    bpd = 0.0 if (grid.run_dir(model) / "bpd.npz").is_file() else cost.bpd_s
     return cost.train_s * left / grid.train_steps, bpd, sum(s for c, s in cost.cells.items() if c.key not in done)
 
 

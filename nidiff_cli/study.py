@@ -194,8 +194,9 @@ def _study(state: _Share, model: Model) -> None:
 
 
 def _bits_per_dim(state: _Share, net, sde, run_cfg, cfg: Config, path: pathlib.Path) -> float | None:
-    """Mean bits/dim of the grid's test digits; every image's value is kept in `path` (computed once)."""
-    if not state.grid.bpd_images:
+    """Mean bits/dim of the grid's test digits; every image's value is kept in `path` (computed once). None when
+    not asked for, or for a singular Sigma (dc="zero": the image mean is never noised, so there is no density)."""
+    if not state.grid.bpd_images or sde.cov.is_singular:
         return None
     if path.is_file():
         with np.load(path) as stored:

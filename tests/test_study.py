@@ -14,8 +14,8 @@ import pytest
 
 import run
 from nidiff_cli.common import UsageError
-from nidiff_cli.grid import Model
-from nidiff_cli.plan import ModelCost, assign
+from nidiff_cli.grid import Model, load_grid
+from nidiff_cli.plan import ModelCost, assign, estimate
 from nidiff_cli.results import FIELDS, Noise, append_row, parse_noise, read_rows
 from nidiff_cli.study import STOP_AFTER_ENV
 
@@ -217,3 +217,24 @@ def test_a_stopped_study_resumes_without_training_any_model_twice(tmp_path, caps
     code, _, _ = in_process(["study", str(path), "--plots"], capsys)
     assert code == 0 and {"fd_vs_steps.png", "loss_curves.png", "summary.md"} <= {p.name for p in out.iterdir()}
     assert "| nivp gff:1 ddpm | ddpm | 4 | 2 |" in (out / "summary.md").read_text()
+
+
+def test_the_digits_study_grid_holds_both_tiers_and_plans_about_five_hours():
+    grid = load_grid(ROOT / "benchmarks" / "digits_study.toml")
+    cells = {c.key for c in grid.cells}
+    seeds = [str(s) for s in range(3)]
+    # Tier 1: VP / white against NIVP / gff:1, NI-DDPM's loss, >= 3 paired seeds, the paper's step counts.
+    for sde, noise in (("vp", "white"), ("nivp", "gff:1")):
+        for sampler, counts in (("ddpm", (1000, 100, 50, 20, 10)), ("dpm2m", (10, 20, 50))):
+            assert {(sde, noise, "ddpm", sampler, str(s), seed) for s in counts for seed in seeds} <= cells
+    # Tier 2: GFF powers, the DC rule and the data spectrum (ddpm 100 / 10, dpm2m 10), NI-VE against VE.
+    for noise in ("gff:0.5", "gff:2", "gff:1:dc=zero", "data"):
+        wanted = {("ddpm", "100"), ("ddpm", "10"), ("dpm2m", "10")}
+        assert {("nivp", noise, "ddpm", *c, seed) for c in wanted for seed in seeds} <= cells
+    for sde, noise in (("ve", "white"), ("nive", "gff:1")):
+        assert {(sde, noise, "dsm", "dpm2m", "10", seed) for seed in seeds} <= cells
+    assert grid.n == 1000 and grid.bpd_images == 360 and grid.sigma_max is None
+    costs = estimate(grid)
+    share = assign(costs, 2)
+    wall = max(sum(c.total for m, c in costs.items() if share[m] == k) for k in (0, 1))
+    assert 4.5 * 3600 < wall < 5.5 * 3600  # two one-thread workers, by the cost model of nidiff_cli/plan.py

@@ -158,27 +158,18 @@ def _preset(**sections: dict) -> Config:
     return cfg
 
 
-# The main job's schedule is sized for 2 CPU cores. cifar10 is DDPM's CIFAR-10 recipe, value by value with where
-# Ho, Jain and Abbeel (2020, "Denoising Diffusion Probabilistic Models", arXiv:2006.11239) state it; the NI paper
-# (Voleti et al. 2022) trains NI-DDPM with DDPM's settings, changing only the noise (docs/math.md §2).
+# The main job's schedule is sized for 2 CPU cores. cifar10 is DDPM's CIFAR-10 recipe, each value with where Ho et al.
+# (2020, arXiv:2006.11239) state it; the NI paper keeps DDPM's settings but for the noise (docs/math.md §2).
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "tiny": lambda: _preset(
         model={"name": "tiny"}, training={"steps": 20, "batch_size": 16}, sampling={"steps": 10, "num_samples": 16}
     ),
     "digits": lambda: _preset(training={"steps": 500}),
     "cifar10": lambda: _preset(
-        data={
-            "dataset": "cifar10",
-            "flip": True,  # App. B: "We used random horizontal flips during training for CIFAR10"
-        },
-        # The 35.7M-parameter U-Net of App. B (PixelCNN++ backbone, group norm, sinusoidal time embedding,
-        # self-attention at 16x16: Sec. 4; dropout 0.1: App. B), models.MODEL_CONFIGS["cifar10"].
-        model={"name": "cifar10"},
-        sde={
-            "num_scales": 1000,  # Sec. 4: "We set T = 1000 for all experiments"
-            "beta_min": 0.1,  # Sec. 4: beta_t linear from beta_1 = 1e-4 ...
-            "beta_max": 20.0,  # ... to beta_T = 0.02; here beta_min / T and beta_max / T (docs/math.md §2, 3)
-        },
+        data={"dataset": "cifar10", "flip": True},  # App. B: "random horizontal flips during training for CIFAR10"
+        model={"name": "cifar10"},  # App. B's 35.7M-parameter U-Net (attention at 16x16: Sec. 4; dropout 0.1: App. B)
+        # Sec. 4: "T = 1000 for all experiments", beta_t linear from 1e-4 to 0.02 = beta_min / T .. beta_max / T
+        sde={"num_scales": 1000, "beta_min": 0.1, "beta_max": 20.0},
         training={
             "loss": "ddpm",  # Sec. 3.4, Eq. 14: L_simple, the eps MSE at t uniform in {1, ..., T}
             "steps": 800_000,  # App. B: 21 steps/s at batch 128, 10.6 hours to completion (about 800k steps)
@@ -347,8 +338,7 @@ def load_config(name_or_file: str | pathlib.Path) -> Config:
 
 
 def config_from_tree(tree: dict, source: str) -> Config:
-    """A TOML document's tree over the preset it names in `preset = "..."` (default: the preset of its data set);
-    `source` names the document in errors."""
+    """A TOML tree over the preset it names in `preset = "..."` (default: its data set's); `source` names it."""
     tree = dict(tree)
     preset = tree.pop("preset", None)
     if preset is None:

@@ -182,7 +182,6 @@ def _study(state: _Share, model: Model) -> None:
         if cell.key in state.done:
             continue
         cell_cfg = grid.cell_config(cell)
-        cell_cfg.device = cfg.device
         x, nfe, stopped = draw(net, sde, run_cfg, cell_cfg)
         if stopped:
             raise Interrupted(stopped)

@@ -144,6 +144,7 @@ class Grid:
 
     @functools.cached_property
     def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the base configuration's network."""
         from models import MODEL_CONFIGS
 
         return tuple(MODEL_CONFIGS[self.base.model.name].image_shape)

@@ -42,6 +42,7 @@ class ModelCost:
 
     @property
     def total(self) -> float:
+        """All of the model's seconds."""
         return self.train_s + self.bpd_s + sum(self.cells.values())
 
 

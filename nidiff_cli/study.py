@@ -69,13 +69,14 @@ def add_parser(sub) -> None:
         "bits/dim). A rerun continues a stopped study; --plan prints the cells and their estimated CPU time."
     )
     p.add_argument("grid", type=pathlib.Path, help="the grid file (TOML; README, Study)")
-    p.add_argument("--out", type=pathlib.Path, default=None, help="output directory (default: the grid's `out`)")
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="output directory; none: the grid's `out`, else runs/<grid file name>")  # fmt: skip
     p.add_argument("--plan", action="store_true", help="print the cells and their estimated CPU time; run nothing")
     p.add_argument("--plots", action="store_true",
                    help="fd_vs_steps.png, loss_curves.png and summary.md from the CSV; run nothing")  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=1, help="processes of one thread, each with its share")
     p.add_argument("--shard", type=_shard, default=None, metavar="K/N", help="run share K of N (one of --workers N)")
-    p.add_argument("--device", type=str, default=None, help="torch device (default: the grid's config)")
+    p.add_argument("--device", type=str, default=None, help="torch device; none: the grid's [config]")
 
 
 def _shard(text: str) -> tuple[int, int]:

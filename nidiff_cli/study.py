@@ -155,10 +155,10 @@ def model_config(grid: Grid, model: Model) -> Config:
         )  # fmt: skip
     if own is not None:
         own.device = cfg.device  # a study may move to another device
-        changed = sorted(set(dump_toml(cfg).splitlines()) - set(dump_toml(own).splitlines()))
-        if changed:
-            raise UsageError(f"{run_dir} was made with another configuration (this grid gives {changed[:3]}); "
-                             "give the study another --out")  # fmt: skip
+        mine, theirs = set(dump_toml(cfg).splitlines()), set(dump_toml(own).splitlines())
+        if mine != theirs:
+            raise UsageError(f"{run_dir} was made with another configuration (the grid gives {sorted(mine - theirs)}, "
+                             f"the run has {sorted(theirs - mine)}); give the study another --out")  # fmt: skip
     return cfg
 
 

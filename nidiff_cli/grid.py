@@ -1,7 +1,7 @@
 """The grid of `run.py study`: a TOML file of models and sampler cells, its checks, and the cost model of `--plan`.
 
     out = "runs/digits_study"    # output directory (--out overrides it)
-    seeds = [0, 1, 2]            # seed s trains model s of every configuration and draws its samples (pairing)
+    seeds = [0, 1, 2]            # seed s trains model s of every configuration and draws its samples (default [0])
     n = 1000                     # samples per cell (default: the configuration's sampling.num_samples)
     train_steps = 2000           # optimiser steps of every model (default: the configuration's training.steps)
     bpd = true                   # bits/dim of the held-out test digits for every model (default: false)
@@ -178,6 +178,12 @@ def _ints(value: object, what: str, minimum: int) -> list[int]:
     return list(dict.fromkeys(items))
 
 
+def _int(value: object, what: str, minimum: int) -> int:
+    if isinstance(value, list):
+        raise UsageError(f"{what} must be one integer >= {minimum}, got {value!r}")
+    return _ints(value, what, minimum)[0]
+
+
 def _strings(value: object, what: str) -> list[str]:
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(v, str) for v in items):
@@ -198,14 +204,14 @@ def _base_config(tree: object, where: str) -> Config:
         raise UsageError(f"{where}: [config]: {err}") from None
 
 
-def _group_cells(group: dict, seeds_default: object, grid: Grid, where: str) -> list[Cell]:
+def _group_cells(group: dict, grid: Grid, where: str) -> list[Cell]:
     """The cells of one group: sde x fitting noise x loss x seed x sampler x steps, each checked."""
     for key in ("sde", "noise", "loss", "samplers"):
         if key not in group:
             raise UsageError(f"{where}: no {key!r} (give it in the group or at the top level)")
     sdes, losses = _strings(group["sde"], f"{where}: sde"), _strings(group["loss"], f"{where}: loss")
     noises = [parse_noise(s) for s in _strings(group["noise"], f"{where}: noise")]
-    seeds = _ints(group.get("seeds", seeds_default), f"{where}: seeds", 0)
+    seeds = _ints(group.get("seeds", [0]), f"{where}: seeds", 0)
     table = group["samplers"]
     if not isinstance(table, dict) or not table:
         raise UsageError(f"{where}: samplers must be a table of sampler = [steps, ...], got {table!r}")
@@ -265,13 +271,13 @@ def load_grid(path: str | pathlib.Path, out: pathlib.Path | None = None) -> Grid
     bpd = tree.get("bpd", False)
     if not isinstance(bpd, bool):
         raise UsageError(f"{where}: bpd must be true or false, got {bpd!r}")
-    bpd_images = _ints(tree.get("bpd_images", 360), f"{where}: bpd_images", 1)[0] if bpd else 0
+    bpd_images = _int(tree.get("bpd_images", 360), f"{where}: bpd_images", 1) if bpd else 0
     grid = Grid(
         path=path,
         out=pathlib.Path(out if out is not None else tree.get("out", pathlib.Path("runs") / path.stem)),
         base=base,
-        n=_ints(tree.get("n", base.sampling.num_samples), f"{where}: n", 2)[0],
-        train_steps=_ints(tree.get("train_steps", base.training.steps), f"{where}: train_steps", 1)[0],
+        n=_int(tree.get("n", base.sampling.num_samples), f"{where}: n", 2),
+        train_steps=_int(tree.get("train_steps", base.training.steps), f"{where}: train_steps", 1),
         bpd_images=bpd_images,
         sigma_max=None if sigma_max == "data" else float(sigma_max),
         cells=[],
@@ -283,6 +289,6 @@ def load_grid(path: str | pathlib.Path, out: pathlib.Path | None = None) -> Grid
     for i, group in enumerate(groups):
         label = f"{where}: group {group.get('name', i + 1)!r}" if len(groups) > 1 else where
         _check_keys(group, GROUP_KEYS, label)
-        cells = _group_cells({**defaults, **group}, defaults.get("seeds", [0]), grid, label)
+        cells = _group_cells({**defaults, **group}, grid, label)
         grid.cells += [c for c in cells if c not in grid.cells]
     return grid

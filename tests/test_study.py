@@ -117,6 +117,7 @@ def test_worker_shares_are_balanced_and_fixed():
         (("ddpm = [4, 2]", "als = [4]"), ["--sampler als"]),
         (("ddpm = [4, 2]", "ddpm = [4, 0]"), ["samplers.ddpm", ">= 1"]),
         (("seeds = [0, 1]", "seeds = [0, -1]"), ["seeds", ">= 0"]),
+        (("n = 16", "n = [16, 32]"), ["n must be one integer"]),
         (('preset = "tiny"', 'preset = "tiny"\ndata.dataset = "cifar10"'), ["scores digits"]),
     ],
 )

@@ -21,7 +21,7 @@ from .digits_metric import DIGITS_SHAPE, FLOOR_DRAWS, DigitsMetric, RealFloor
 from .frechet import frechet_distance, frechet_distance_of_features, gaussian_fit
 from .images import render_rows, save_grid, save_png_folder, save_samples_npz, to_uint8
 from .knn_precision_recall import knn_radii, manifold_coverage, precision_recall
-from .report import mean_and_sem, table_markdown
+from .report import mean_and_sem, study_summary, table_markdown
 
 __all__ = [
     "MODES",
@@ -51,6 +51,7 @@ __all__ = [
     "render_rows",
     "mean_and_sem",
     "table_markdown",
+    "study_summary",
     "knn_radii",
     "manifold_coverage",
     "precision_recall",

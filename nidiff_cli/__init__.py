@@ -6,6 +6,7 @@
     nidiff likelihood --workdir runs/digits_nivp --out results/
     nidiff fid --workdir runs/digits_nivp --sampler ddpm --sample-steps 100
     nidiff table --dataset digits                 # the paper's Table 1 protocol, scaled to a CPU
+    nidiff study benchmarks/digits_study.toml --plan   # a resumable grid of models x samplers x seeds -> CSV
     nidiff config --config digits --set training.lr=2e-4   # the resolved configuration as TOML
     nidiff export --workdir runs/digits_nivp --out digits.safetensors
     nidiff plot --workdir runs/digits_nivp        # loss curve PNG
@@ -34,6 +35,7 @@ from . import (  # noqa: E402
     noise,
     plot,
     sample,
+    study,
     table,
     train,
 )
@@ -49,6 +51,7 @@ COMMANDS = {
     "likelihood": likelihood,
     "fid": fid,
     "table": table,
+    "study": study,
     "noise": noise,
     "config": config_cmd,
     "export": export,

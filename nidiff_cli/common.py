@@ -52,10 +52,15 @@ __all__ = [
     "provenance",
     "write_json",
     "interruptible",
+    "limit_cpu_threads",
     "EXIT_INTERRUPTED",
 ]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
+# Intra-op threads on the CPU unless OMP_NUM_THREADS says otherwise: the 8x8 network's operations are too small to
+# split, and two threads cost 2.5-3x the CPU time of one per training step, slower in wall time too
+# (benchmarks/RESULTS.md, main job levers).
+CPU_THREADS = 1
 
 
 class UsageError(Exception):
@@ -83,6 +88,12 @@ def interruptible() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def limit_cpu_threads(device: str) -> None:
+    """CPU_THREADS intra-op threads on the CPU, unless OMP_NUM_THREADS is set."""
+    if torch.device(device).type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(CPU_THREADS)
 
 
 class Parser(argparse.ArgumentParser):

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
-
-import torch
 
 import evaluation
 from training import load_model, log_scalars, train
@@ -15,6 +12,7 @@ from .common import (
     EXIT_INTERRUPTED,
     UsageError,
     add_common,
+    limit_cpu_threads,
     non_negative_int,
     provenance,
     resolve_run,
@@ -29,10 +27,6 @@ from .sampling import draw
 # dopri5 tolerance of bits/dim: 1e-3 moves the mean of the 64 digits by about 0.006 bits against 1e-4 (a sixth of
 # its standard error) at half the score evaluations (benchmarks/RESULTS.md, main job levers).
 BPD_TOL = 1e-3
-# Intra-op threads on the CPU unless OMP_NUM_THREADS says otherwise: the 8x8 network's operations are too small to
-# split, and two threads cost 2.5-3x the CPU time of one per training step, slower in wall time too
-# (benchmarks/RESULTS.md, main job levers).
-CPU_THREADS = 1
 
 
 def add_parser(sub) -> None:
@@ -60,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, workdir = resolve_run(args)
     if cfg.data.dataset != "digits":
         raise UsageError("the main job scores digits; for other data use train, then sample / fid / likelihood")
-    if cfg.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(CPU_THREADS)
+    limit_cpu_threads(cfg.device)
     check_sampler(cfg.sampling, sde_of(cfg, evaluation.DIGITS_SHAPE), evaluation.DIGITS_SHAPE)
     write_config(cfg, workdir)
     started = time.perf_counter()

@@ -63,11 +63,11 @@ def sde_of(cfg: Config, shape: tuple[int, int, int]) -> SDE:
                     sigma_max=c.sigma_max, power=cfg.noise.power)  # fmt: skip
 
 
-def check_sampler(sampling: SamplingSection, sde: SDE, shape: tuple[int, int, int], steps: int | None = None) -> None:
+def check_sampler(sampling: SamplingSection, sde: SDE, shape: tuple[int, int, int], steps: int | None = None) -> int:
     """Refuse a sampler that does not apply to the SDE (or bad options) before any work: one run of it with a zero
-    score on one image raises the sampler's own ValueError / TypeError."""
+    score on one image raises the sampler's own ValueError / TypeError. Returns the run's score evaluations."""
     try:
-        samplers.sample(sde, lambda x, t: torch.zeros_like(x), (1, *shape), sampling.method,
-                        sampling.steps if steps is None else steps, **sampling.options)  # fmt: skip
+        return samplers.sample(sde, lambda x, t: torch.zeros_like(x), (1, *shape), sampling.method,
+                               sampling.steps if steps is None else steps, **sampling.options)[1]  # fmt: skip
     except (ValueError, TypeError) as err:
         raise UsageError(f"--sampler {sampling.method}: {err}") from err

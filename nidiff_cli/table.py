@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import pathlib
 import time
+from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
@@ -19,24 +19,39 @@ from .common import (
     UsageError,
     add_common,
     choice_list,
+    flag_settings,
     int_list,
     positive_int,
     provenance,
     resolve_config,
     write_config,
 )
-from .config import train_config
+from .config import parse_setting, train_config
 from .flags import SAMPLERS, add_data, add_experiment, add_sampling
 from .ranks import processes
+from .results import FIELDS, cell_row, digits_scores, write_rows
 from .runs import check_data_args, check_sampler, data_split, digits_metric, sde_of
 from .sampling import draw
 
 LABELS = {"vp": "VP (white)", "nivp": "NIVP (GFF)", "subvp": "subVP", "ve": "VE (white)", "nive": "NI-VE (GFF)"}
-FIELDS = ["sde", "sampler", "steps", "nfe", "fid", "kid", "precision", "recall", "seconds", "commit", "torch"]
+# The samplers of NI-DDPM's discrete chain, which the paper samples with the model trained by NI-DDPM's own loss.
+DISCRETE_SAMPLERS = ("ddpm", "ddim")
+
+
+def protocol_loss(sde: str, samplers: Sequence[str], configured: str) -> str:
+    """The loss matched to the samplers: "ddpm" (NI-DDPM's loss) for vp / nivp sampled by ddpm or ddim, as the
+    paper trains them; otherwise the configured loss."""
+    return "ddpm" if sde in ("vp", "nivp") and set(samplers) & set(DISCRETE_SAMPLERS) else configured
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("table", help="the paper's Table 1: SDEs x steps x samplers -> Frechet distance, P, R")
+    p.description = (
+        "The paper's Table 1 protocol: each SDE trained with the loss matched to its samplers (NI-DDPM's loss "
+        "for ddpm / ddim on vp and nivp; --loss or --set training.loss=... overrides it for every SDE), then "
+        "sampled at each step count by each sampler and scored (Frechet distance with its bootstrap interval, "
+        "the real-data floor, precision, recall); table1.md and table1.csv (the columns of run.py study)."
+    )
     add_common(p, "run directory (default: runs/table1_<dataset>); one sub-directory per SDE")
     add_data(p)
     add_experiment(p, sde=False)
@@ -67,10 +82,15 @@ def _run(args: argparse.Namespace, cfg, ctx) -> int:
     from models import MODEL_CONFIGS
 
     shape = tuple(MODEL_CONFIGS[cfg.model.name].image_shape)
+    explicit_loss = "training.loss" in flag_settings(args) or any(
+        parse_setting(s)[0] == "training.loss" for s in args.settings
+    )
     cells = {}
     for name in args.sdes:
         cells[name] = copy.deepcopy(cfg)
         cells[name].sde.name = name
+        if not explicit_loss:
+            cells[name].training.loss = protocol_loss(name, args.samplers, cfg.training.loss)
         for method in args.samplers:
             cells[name].sampling.method = method
             check_sampler(cells[name].sampling, sde_of(cells[name], shape), shape, steps=1)
@@ -80,6 +100,7 @@ def _run(args: argparse.Namespace, cfg, ctx) -> int:
         pass
     elif metric == "digits":
         digits, _ = digits_metric(workdir, cfg.seed)
+        floor = digits.real_floor(cfg.sampling.num_samples, cfg.seed)
     elif args.ref_stats is None:
         ref_dir = workdir / "reference_test"
         evaluation.save_png_folder(data_split(cfg.data.dataset, cfg.data.root, "test").images(), ref_dir)
@@ -104,8 +125,7 @@ def _run(args: argparse.Namespace, cfg, ctx) -> int:
                 if not ctx.is_main:
                     continue
                 if metric == "digits":
-                    s = digits.evaluate(x)
-                    scores = {"fid": s["frechet_distance"], "kid": float("nan"), **s}
+                    scores = digits_scores(digits, x, floor)
                 else:
                     folder = run_dir / "samples" / f"{method}_{steps}"
                     evaluation.save_png_folder(x, folder)
@@ -116,13 +136,13 @@ def _run(args: argparse.Namespace, cfg, ctx) -> int:
                             folder, args.ref_stats, args.ref_res, args.ref_split, mode=args.mode, device=cfg.device
                         )  # fmt: skip
                     )
-                row = {"sde": name, "sampler": method, "steps": steps, "nfe": nfe}
-                row.update({k: scores[k] for k in ("fid", "kid", "precision", "recall")})
-                row["seconds"] = round(time.perf_counter() - t0, 1)
-                row.update({k: origin[k] for k in ("commit", "torch")})
+                    tqdm.write(f"{name} {method} {steps}: KID {scores['kid']:.4g}")
+                    scores = {"fd": scores["fid"], "precision": scores["precision"], "recall": scores["recall"]}
+                row = cell_row(cell, nfe, len(x), scores, origin)
                 rows.append(row)
-                tqdm.write(f"{name} {method} {steps}: " + ", ".join(f"{k} {row[k]:.4g}" for k in FIELDS[3:9]))
-                write_csv(csv_path, rows)
+                shown = ", ".join(f"{k} {row[k]:.4g}" for k in FIELDS[5:15] if row.get(k) is not None)
+                tqdm.write(f"{name} {method} {steps}: {shown}, {time.perf_counter() - t0:.1f} s")
+                write_rows(csv_path, rows)
     if not ctx.is_main:
         return 0
     score = "FID" if metric == "inception" else "FD"
@@ -130,14 +150,15 @@ def _run(args: argparse.Namespace, cfg, ctx) -> int:
     space = f"Inception-v3 (clean-fid, {args.mode})" if metric == "inception" else "digits-classifier"
     note = (
         f"{score}: Frechet distance in the {space} feature space, {cfg.sampling.num_samples} samples per cell; P, R: "
-        f"precision / recall (k = 3); {cfg.training.steps} training steps per SDE; "
-        f"{time.perf_counter() - started:.0f} s in total; commit {provenance(cfg)['commit'][:12]}."
+        f"precision / recall (k = 3); {cfg.training.steps} training steps per SDE, losses "
+        + ", ".join(f"{name} {cells[name].training.loss}" for name in args.sdes)
+        + f"; {time.perf_counter() - started:.0f} s in total; commit {provenance(cfg)['commit'][:12]}."
     )
     if metric == "digits":
-        floor = digits.real_floor(cfg.sampling.num_samples, cfg.seed)
         note += (
-            f" Real-data floor (train vs test, {cfg.sampling.num_samples} images, mean +- sd over {floor.draws} "
-            f"draws): {floor.mean:.2f} +- {floor.sd:.2f}."
+            f" [lo, hi]: bootstrap 95% interval of the cell (docs/math.md §10). Real-data floor (train vs test, "
+            f"{cfg.sampling.num_samples} images, mean +- sd over {floor.draws} draws): {floor.mean:.2f} +- "
+            f"{floor.sd:.2f}."
         )
     md_path.write_text(table + "\n\n" + note + "\n")
     print(table + "\n\n" + note + f"\n\nCSV {csv_path}\nmarkdown {md_path}")
@@ -148,11 +169,3 @@ def stopped(signal_name: str, what: str, csv_path: pathlib.Path) -> int:
     """SIGINT / SIGTERM: the rows finished so far are in the CSV; exit 130 after SIGINT, 0 after SIGTERM."""
     print(f"interrupted by {signal_name}: {what}; the finished rows are in {csv_path}")
     return EXIT_INTERRUPTED if signal_name == "SIGINT" else 0
-
-
-def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)

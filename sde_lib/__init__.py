@@ -5,7 +5,7 @@ from .factory import COLOURED_SDE_NAMES, SDE_NAMES, make_sde
 from .prediction import PREDICTIONS, eps_from_prediction, tweedie_coefficients
 from .quantization import dequantize, nats_to_bpd
 from .reverse import ReverseSDE
-from .schedules import DDPMSchedule, cas_noise_scale, ddpm_schedule, geometric_sigmas
+from .schedules import DDPMSchedule, cas_noise_scale, ddpm_schedule, geometric_sigmas, largest_pairwise_distance
 from .sde import NIVESDE, NIVPSDE, SDE, VESDE, VPSDE, NotApplicableError, SubVPSDE
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "ddpm_schedule",
     "geometric_sigmas",
     "cas_noise_scale",
+    "largest_pairwise_distance",
     "SDE_NAMES",
     "COLOURED_SDE_NAMES",
     "make_sde",

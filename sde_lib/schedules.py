@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DDPMSchedule", "ddpm_schedule", "geometric_sigmas", "cas_noise_scale"]
+from .covariance import Covariance
+
+__all__ = ["DDPMSchedule", "ddpm_schedule", "geometric_sigmas", "cas_noise_scale", "largest_pairwise_distance"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,24 @@ def cas_noise_scale(eta: float, ratio: float) -> float:
     if eta < 1 - 1 / ratio:
         raise ValueError(f"CAS needs eta >= 1 - 1/r = {1 - 1 / ratio:.6g}, got eta = {eta}")
     return math.sqrt(max(0.0, 1.0 - ratio**2 * (1.0 - eta) ** 2))
+
+
+def largest_pairwise_distance(x: Tensor, cov: Covariance | None = None, block: int = 1024) -> float:
+    """max_{i,j} ||Sigma^{-1/2} (x_i - x_j)|| over images x (N, C, H, W): the largest noise level of NI-SMLD /
+    NI-VE by docs/math.md §E.8 (cov None: Sigma = I, the Euclidean distance of VE / SMLD).
+
+    The images are whitened once (cov.inv_sqrt_mul, float64); the squared distances of a block of rows to all
+    rows come from the Gram matrix, ||y_i||^2 + ||y_j||^2 - 2 y_i . y_j, so the cost is O(N^2 D) in blocks of
+    `block` rows. A singular Sigma (GFF with dc="zero") has no such distance and raises ValueError.
+    """
+    if x.dim() != 4 or len(x) < 2:
+        raise ValueError(f"x must be a (N, C, H, W) batch with N >= 2, got shape {tuple(x.shape)}")
+    y = x.detach().to(torch.float64)
+    y = (y if cov is None else cov.inv_sqrt_mul(y)).reshape(len(y), -1)
+    norms = y.square().sum(dim=1)
+    largest = 0.0
+    for i in range(0, len(y), int(block)):
+        rows = y[i : i + int(block)]
+        sq = norms[i : i + len(rows), None] + norms[None, :] - 2.0 * rows @ y.T
+        largest = max(largest, float(sq.max()))
+    return math.sqrt(max(largest, 0.0))

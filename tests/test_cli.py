@@ -28,6 +28,9 @@ pytestmark = pytest.mark.subprocess
 # One thread per process: on a small shared machine extra threads only spin.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 TINY = ["--config", "tiny", "--device", "cpu"]
+STUDY_COLUMNS = ["sde", "noise", "loss", "sampler", "steps", "nfe", "seed", "n", "fd", "fd_lo", "fd_hi", "floor_fd",
+                 "floor_sd", "precision", "recall", "bpd", "commit", "torch"]  # fmt: skip
+NOISE = {"vp": "white", "nivp": "gff:1"}
 
 
 def cli(*args: str, cwd: pathlib.Path = ROOT) -> subprocess.CompletedProcess:
@@ -187,12 +190,17 @@ def test_table_runs_the_protocol_grid(main_run, tmp_path):
     out = ok(cli("table", *TINY, "--workdir", str(workdir), "--train-steps", "8", "--batch-size", "16",
                  "--sample-steps", "6,3", "--num-samples", "16", "--samplers", "ddpm,dpm2m"))  # fmt: skip
     with open(workdir / "table1.csv") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == STUDY_COLUMNS  # the columns of run.py study
     assert [(r["sde"], r["sampler"], r["steps"]) for r in rows] == [
         (sde, sampler, steps) for sde in ("vp", "nivp") for steps in ("6", "3") for sampler in ("ddpm", "dpm2m")
     ]
     for r in rows:
-        assert float(r["fid"]) > 0 and 0 <= float(r["precision"]) <= 1 and 0 <= float(r["recall"]) <= 1
+        assert float(r["fd"]) > 0 and 0 <= float(r["precision"]) <= 1 and 0 <= float(r["recall"]) <= 1
+        assert float(r["fd_lo"]) <= float(r["fd"]) <= float(r["fd_hi"]) and float(r["floor_fd"]) > 0
+        # The paper's protocol: NI-DDPM's loss for the models its ddpm sampler draws from.
+        assert (r["noise"], r["loss"], r["seed"], r["n"], r["bpd"]) == (NOISE[r["sde"]], "ddpm", "0", "16", "")
         if r["sampler"] == "ddpm":
             assert float(r["nfe"]) == float(r["steps"])  # one network evaluation per ancestral step
     assert "| sampler | steps | VP (white) FD | VP (white) P | VP (white) R | NIVP (GFF) FD |" in out, out

@@ -113,6 +113,10 @@ def test_cifar10_preset_is_ddpms_recipe():
     t = cfg.training
     assert (t.lr, t.batch_size, t.warmup, t.ema_decay, t.steps) == (2e-4, 128, 5000, 0.9999, 800_000)
     assert cfg.data.dataset == "cifar10" and cfg.model.name == "cifar10"
+    assert (t.loss, t.weight_decay, t.grad_clip, t.lr_schedule, cfg.data.flip) == ("ddpm", 0.0, 1.0, "constant", True)
+    # beta_t linear from 1e-4 to 0.02 over T = 1000 steps
+    assert (cfg.sde.beta_min / cfg.sde.num_scales, cfg.sde.beta_max / cfg.sde.num_scales) == (1e-4, 0.02)
+    assert (cfg.sampling.method, cfg.sampling.steps, cfg.sampling.num_samples) == ("ddpm", 1000, 50_000)
 
 
 def test_a_resumed_run_keeps_its_configuration(capsys, tmp_path):

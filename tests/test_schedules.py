@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from sde_lib import cas_noise_scale, ddpm_schedule, dequantize, geometric_sigmas, nats_to_bpd
+from sde_lib import (
+    GFFCovariance,
+    cas_noise_scale,
+    ddpm_schedule,
+    dequantize,
+    geometric_sigmas,
+    largest_pairwise_distance,
+    nats_to_bpd,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,3 +133,35 @@ def test_dequantize():
         dequantize(torch.tensor([256]))
     with pytest.raises(ValueError, match="levels"):
         dequantize(torch.tensor([0]), levels=1)
+
+
+def test_largest_pairwise_distance_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 2, 4, 4, generator=g, dtype=torch.float64)
+    cov = GFFCovariance((2, 4, 4), power=1.0)
+    w, v = torch.linalg.eigh(cov.dense())
+    whiten = (v * w.rsqrt()) @ v.T  # Sigma^{-1/2}, the dense matrix
+    flat = x.reshape(7, -1)
+    brute_white = max(float((flat[i] - flat[j]).norm()) for i in range(7) for j in range(7))
+    brute = max(float((whiten @ (flat[i] - flat[j])).norm()) for i in range(7) for j in range(7))
+    assert largest_pairwise_distance(x) == pytest.approx(brute_white, rel=1e-12)
+    for block in (1, 3, 1024):  # row blocks, a ragged last block, one block
+        assert largest_pairwise_distance(x, cov, block=block) == pytest.approx(brute, rel=1e-10)
+    with pytest.raises(ValueError, match="singular|invertible"):
+        largest_pairwise_distance(x, GFFCovariance((2, 4, 4), dc="zero"))
+    with pytest.raises(ValueError, match="N >= 2"):
+        largest_pairwise_distance(x[:1])
+
+
+def test_data_sigma_max_of_the_digits():
+    from training import TrainConfig
+    from training.build import data_sigma_max
+    from training.data import load_dataset
+
+    digits = load_dataset("digits", split="train")
+    # docs/math.md §E.8: about 9 for the digits in [-1, 1] (Euclidean, VE); GFF whitening (power 1) stretches the
+    # high frequencies (eigenvalues down to 0.155), so NI-VE's distance is larger.
+    ve = data_sigma_max(TrainConfig(workdir="unused", sde="ve"), digits)
+    nive = data_sigma_max(TrainConfig(workdir="unused", sde="nive"), digits)
+    assert ve == pytest.approx(9.0634, abs=1e-4)
+    assert nive == pytest.approx(9.3574, abs=1e-4)

@@ -6,7 +6,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from sde_lib import COLOURED_SDE_NAMES, SDE, SpectralCovariance, make_sde
+from sde_lib import (
+    COLOURED_SDE_NAMES,
+    SDE,
+    Covariance,
+    GFFCovariance,
+    IdentityCovariance,
+    SpectralCovariance,
+    largest_pairwise_distance,
+    make_sde,
+)
 
 from .config import TrainConfig
 
@@ -18,6 +27,8 @@ __all__ = [
     "needs_spectrum",
     "fit_noise_spectrum",
     "dataset_images",
+    "noise_covariance",
+    "data_sigma_max",
 ]
 
 NOISE_FIT_MAX_IMAGES = 10_000
@@ -60,19 +71,34 @@ def needs_spectrum(cfg: TrainConfig) -> bool:
     return cfg.noise == "data" and cfg.sde in COLOURED_SDE_NAMES
 
 
+def noise_covariance(cfg: TrainConfig, shape: tuple[int, int, int], spectrum: Tensor | None = None) -> Covariance:
+    """The run's Sigma: the identity for the isotropic SDEs, else GFF noise (gff_power, dc) or, for noise="data",
+    the fitted `spectrum` (C, H, W)."""
+    if cfg.sde not in COLOURED_SDE_NAMES:
+        return IdentityCovariance(shape)
+    if not needs_spectrum(cfg):
+        return GFFCovariance(shape, power=cfg.gff_power, dc=cfg.dc)
+    if spectrum is None:
+        raise ValueError("noise='data' needs the fitted spectrum (fit_noise_spectrum or the checkpoint's)")
+    return SpectralCovariance(shape, spectrum)
+
+
+def data_sigma_max(cfg: TrainConfig, dataset: Dataset) -> float:
+    """sigma_max of a VE / NI-VE run from its training images (docs/math.md §E.8): the largest pairwise distance
+    ||Sigma^{-1/2} (x_i - x_j)||, Sigma the run's covariance (the identity for "ve"; for noise="data" the spectrum
+    fitted to the same images). About 9.1 for the digits' 1437 training images in [-1, 1] (Euclidean)."""
+    images = dataset_images(dataset).to(torch.float64)
+    shape = tuple(images.shape[1:])
+    cov = noise_covariance(cfg, shape, fit_noise_spectrum(dataset) if needs_spectrum(cfg) else None)
+    return largest_pairwise_distance(images, cov)
+
+
 def build_sde(cfg: TrainConfig, shape: tuple[int, int, int], spectrum: Tensor | None = None) -> SDE:
     """sde_lib.make_sde for the config; noise="data" needs the fitted `spectrum` (C, H, W)."""
-    cov = None
-    if needs_spectrum(cfg):
-        if spectrum is None:
-            raise ValueError("noise='data' needs the fitted spectrum (fit_noise_spectrum or the checkpoint's)")
-        cov = SpectralCovariance(shape, spectrum)
     return make_sde(
         cfg.sde,
         tuple(shape),
-        cov=cov,
-        power=cfg.gff_power,
-        dc=cfg.dc,
+        cov=noise_covariance(cfg, shape, spectrum) if cfg.sde in COLOURED_SDE_NAMES else None,
         N=cfg.num_scales,
         beta_min=cfg.beta_min,
         beta_max=cfg.beta_max,

@@ -1,0 +1,241 @@
+"""run.py study: the noise strings, the grid file's checks, --plan, the results CSV, and a tiny study that is
+stopped after its first models, resumed, and finished without training any model twice."""
+
+import csv
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import run
+from nidiff_cli.common import UsageError
+from nidiff_cli.grid import Model, load_grid
+from nidiff_cli.plan import ModelCost, assign, estimate
+from nidiff_cli.results import FIELDS, Noise, append_row, parse_noise, read_rows
+from nidiff_cli.study import STOP_AFTER_ENV
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# clean-fid's frechet_distance passes scipy's deprecated sqrtm(disp=...) argument.
+pytestmark = pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+STEPS = (4, 2)
+TINY_GRID = """
+out = "{out}"
+seeds = [0, 1]
+n = 16
+train_steps = 20
+bpd = true
+bpd_images = 2
+sde = ["vp", "nivp"]
+noise = ["white", "gff:1"]
+loss = ["ddpm"]
+samplers = {{ ddpm = [4, 2] }}
+
+[config]
+preset = "tiny"
+training.save_every = 10
+"""
+
+
+def tiny_grid(tmp_path, body: str = TINY_GRID):
+    path = tmp_path / "grid.toml"
+    path.write_text(body.format(out=tmp_path / "out"))
+    return path
+
+
+def in_process(args, capsys) -> tuple[int, str, str]:
+    try:
+        code = run.main(args)
+    except SystemExit as stop:  # argparse errors exit from inside parse_args
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---- noise strings and the results CSV ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["white", "data", "gff:1", "gff:0.5", "gff:2:dc=zero", "gff:1.5", "gff:0"])
+def test_noise_strings_round_trip(text):
+    noise = parse_noise(text)
+    assert str(noise) == text and parse_noise(str(noise)) == noise
+
+
+def test_noise_strings_read_non_canonical_forms_and_fit_their_sdes():
+    assert parse_noise("gff:1.0:dc=one") == Noise("gff", 1.0, "one") and str(parse_noise("gff:2.50")) == "gff:2.5"
+    assert parse_noise("gff:0.5:dc=zero") == Noise("gff", 0.5, "zero")
+    assert Noise("white").fits("vp") and Noise("white").fits("ve") and not Noise("white").fits("nivp")
+    assert Noise("gff").fits("nive") and Noise("data").fits("nivp") and not Noise("data").fits("vp")
+
+
+@pytest.mark.parametrize("text", ["gff", "gff:x", "gff:-1", "gff:inf", "gff:1:dc=two", "gff:1:dc=zero:x", "pink",
+                                  "white:1", ""])  # fmt: skip
+def test_bad_noise_strings_are_refused(text):
+    with pytest.raises(UsageError, match="expected white, data, gff:<power> or gff:<power>:dc=zero"):
+        parse_noise(text)
+
+
+def test_a_row_cut_short_is_dropped_and_appends_continue(tmp_path):
+    path = tmp_path / "study.csv"
+    row = {k: i for i, k in enumerate(FIELDS)} | {"bpd": None}
+    append_row(path, row)
+    with open(path, "a") as f:
+        f.write("vp,white,ddpm,ddpm,4,4.0")  # a writer killed mid-line
+    assert len(read_rows(path)) == 1  # read-only: the partial line is ignored
+    assert len(read_rows(path, repair=True)) == 1 and path.read_text().endswith("\n")
+    append_row(path, row)
+    rows = read_rows(path)
+    assert len(rows) == 2 and rows[0] == rows[1] and rows[0]["bpd"] == "" and list(rows[0]) == FIELDS
+
+
+def test_worker_shares_are_balanced_and_fixed():
+    costs = {Model("vp", Noise("white"), "ddpm", s): ModelCost(c, 0.0, {}) for s, c in enumerate([3, 5, 3, 4, 3])}
+    share = assign(costs, 2)
+    # Longest first to the least loaded (a tie to the lower index): 5 -> 0 (0 = 0), 4 -> 1, seed 0's 3 -> 1 (4 < 5),
+    # seed 2's 3 -> 0 (5 < 7), seed 4's 3 -> 1 (7 < 8): loads 8 and 10.
+    assert [share[m] for m in costs] == [1, 0, 0, 1, 1]
+    assert assign(costs, 2) == share and set(assign(costs, 1).values()) == {0}
+
+
+# ---- the grid file -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (("samplers = ", "sampler = "), ["unknown key 'sampler'", "did you mean 'samplers'"]),
+        (('"gff:1"', '"gff:one"'), ["noise 'gff:one'", "gff:<power>"]),
+        (('noise = ["white", "gff:1"]', 'noise = ["gff:1"]'), ["no noise", "fits vp"]),
+        (("training.save_every", "training.steps"), ["may not set training.steps", "'train_steps'"]),
+        (("training.save_every", "training.lrr"), ["training.lrr", "did you mean 'training.lr'"]),
+        (('sde = ["vp", "nivp"]', 'sde = ["ve", "nive"]'), ["loss 'ddpm' does not apply to"]),
+        (("ddpm = [4, 2]", "als = [4]"), ["--sampler als"]),
+        (("ddpm = [4, 2]", "ddpm = [4, 0]"), ["samplers.ddpm", ">= 1"]),
+        (("seeds = [0, 1]", "seeds = [0, -1]"), ["seeds", ">= 0"]),
+        (("n = 16", "n = [16, 32]"), ["n must be one integer"]),
+        (('preset = "tiny"', 'preset = "tiny"\ndata.dataset = "cifar10"'), ["scores digits"]),
+    ],
+)
+def test_bad_grid_files_end_with_one_line(edit, words, tmp_path, capsys):
+    path = tiny_grid(tmp_path, TINY_GRID.replace(*edit))
+    code, _, err = in_process(["study", str(path), "--plan"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_a_missing_grid_file_is_named(tmp_path, capsys):
+    code, _, err = in_process(["study", str(tmp_path / "none.toml")], capsys)
+    assert code == 2 and "none.toml" in err and "does not exist" in err
+
+
+def test_plan_lists_every_cell_with_its_cost_and_runs_nothing(tmp_path, capsys):
+    path = tiny_grid(tmp_path)
+    code, out, _ = in_process(["study", str(path), "--plan", "--workers", "2"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    models = [
+        f"{sde}_{noise}_ddpm_seed{seed}" for sde, noise in (("vp", "white"), ("nivp", "gff-1")) for seed in (0, 1)
+    ]
+    listed = [line.split()[0] for line in lines if line.split() and line.split()[0] in models]
+    assert listed == models
+    cells = [line.split() for line in lines if line.startswith("  ddpm ")]
+    assert [(int(c[1]), int(c[2])) for c in cells] == [(s, s) for _ in models for s in STEPS]  # (steps, nfe)
+    assert all(float(c[3]) > 0 for c in cells)
+    shares = {line.split()[-1] for line in lines if line.split() and line.split()[0] in models}
+    assert shares == {"1/2", "2/2"}
+    assert any(line.startswith("estimated CPU time:") for line in lines)
+    assert any("with 2 workers" in line for line in lines)
+    assert not (tmp_path / "out").exists()
+
+
+# ---- a tiny study, stopped and resumed ---------------------------------------------------------------------------
+
+
+def study_process(*args: str, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "study", *args], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def training_log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "study.log").read_text().splitlines()]
+
+
+@pytest.mark.subprocess
+def test_a_stopped_study_resumes_without_training_any_model_twice(tmp_path, capsys, monkeypatch, one_thread):
+    path, out = tiny_grid(tmp_path), tmp_path / "out"
+    # Two worker processes, each stopped by SIGTERM right after it has trained its first model.
+    study_process(str(path), "--workers", "2", env={**ENV, STOP_AFTER_ENV: "1"})
+    first = training_log(out)
+    assert sorted(e["model"] for e in first) == ["vp_white_ddpm_seed0", "vp_white_ddpm_seed1"]
+    assert all((e["from"], e["to"]) == (0, 20) for e in first)
+    assert sorted(e["share"] for e in first) == ["1/2", "2/2"]
+    checkpoints = {
+        p: p.stat().st_mtime_ns for e in first for p in (out / "models" / e["model"] / "checkpoints").iterdir()
+    }
+    assert checkpoints
+
+    monkeypatch.delenv(STOP_AFTER_ENV, raising=False)
+    assert in_process(["study", str(path)], capsys)[0] == 0  # the rerun, in this process
+    log = training_log(out)
+    assert log[:2] == first and len(log) == 4  # the two new models only, each once, from step 0 to 20
+    assert sorted(e["model"] for e in log[2:]) == ["nivp_gff-1_ddpm_seed0", "nivp_gff-1_ddpm_seed1"]
+    assert all((e["from"], e["to"]) == (0, 20) for e in log[2:])
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # not written again
+
+    with open(out / "study.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == FIELDS
+    keys = [(r["sde"], r["noise"], r["loss"], r["sampler"], r["steps"], r["seed"]) for r in rows]
+    expected = {(sde, noise, "ddpm", "ddpm", str(s), str(seed)) for sde, noise in (("vp", "white"), ("nivp", "gff:1"))
+                for s in STEPS for seed in (0, 1)}  # fmt: skip
+    assert len(keys) == len(set(keys)) == 8 and set(keys) == expected
+    for r in rows:
+        values = {k: float(r[k]) for k in ("nfe", "fd", "fd_lo", "fd_hi", "floor_fd", "floor_sd", "precision", "recall",
+                                           "bpd")}  # fmt: skip
+        assert all(math.isfinite(v) for v in values.values()), r
+        assert values["fd_lo"] <= values["fd"] <= values["fd_hi"] and values["floor_fd"] > 0
+        assert 0 <= values["precision"] <= 1 and 0 <= values["recall"] <= 1
+        assert values["nfe"] == float(r["steps"]) and r["n"] == "16"
+        per_image = np.load(
+            out / "models" / f"{r['sde']}_{r['noise'].replace(':', '-')}_ddpm_seed{r['seed']}" / "bpd.npz"
+        )
+        assert per_image["bpd"].shape == (2,) and values["bpd"] == pytest.approx(per_image["bpd"].mean())
+
+    assert in_process(["study", str(path)], capsys)[0] == 0  # nothing left: no training, no row
+    assert len(training_log(out)) == 4 and len(read_rows(out / "study.csv")) == 8
+    code, plan, _ = in_process(["study", str(path), "--plan"], capsys)
+    assert code == 0 and "left to do: 0.0 min" in plan
+    code, _, _ = in_process(["study", str(path), "--plots"], capsys)
+    assert code == 0 and {"fd_vs_steps.png", "loss_curves.png", "summary.md"} <= {p.name for p in out.iterdir()}
+    assert "| nivp gff:1 ddpm | ddpm | 4 | 2 |" in (out / "summary.md").read_text()
+
+
+def test_the_digits_study_grid_holds_both_tiers_and_plans_about_five_hours():
+    grid = load_grid(ROOT / "benchmarks" / "digits_study.toml")
+    cells = {c.key for c in grid.cells}
+    seeds = [str(s) for s in range(3)]
+    # Tier 1: VP / white against NIVP / gff:1, NI-DDPM's loss, >= 3 paired seeds, the paper's step counts.
+    for sde, noise in (("vp", "white"), ("nivp", "gff:1")):
+        for sampler, counts in (("ddpm", (1000, 100, 50, 20, 10)), ("dpm2m", (10, 20, 50))):
+            assert {(sde, noise, "ddpm", sampler, str(s), seed) for s in counts for seed in seeds} <= cells
+    # Tier 2: GFF powers, the DC rule and the data spectrum (ddpm 100 / 10, dpm2m 10), NI-VE against VE.
+    for noise in ("gff:0.5", "gff:2", "gff:1:dc=zero", "data"):
+        wanted = {("ddpm", "100"), ("ddpm", "10"), ("dpm2m", "10")}
+        assert {("nivp", noise, "ddpm", *c, seed) for c in wanted for seed in seeds} <= cells
+    for sde, noise in (("ve", "white"), ("nive", "gff:1")):
+        assert {(sde, noise, "dsm", "dpm2m", "10", seed) for seed in seeds} <= cells
+    assert grid.n == 1000 and grid.bpd_images == 360 and grid.sigma_max is None
+    costs = estimate(grid)
+    share = assign(costs, 2)
+    wall = max(sum(c.total for m, c in costs.items() if share[m] == k) for k in (0, 1))
+    assert 4.5 * 3600 < wall < 5.5 * 3600  # two one-thread workers, by the cost model of nidiff_cli/plan.py

@@ -6,6 +6,7 @@ and ends bitwise where an unbroken run ends."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -132,8 +133,9 @@ def test_only_rank_0_downloads_and_the_others_wait(monkeypatch):
     assert calls == [True]
 
 
-def _worker_of_rank(launcher_pid: int, rank: int) -> int:
-    """The pid of the launcher's child process that torchrun gave RANK=rank (from /proc)."""
+def _workers(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the launcher's worker processes (its children, with the RANK torchrun gave them; from /proc)."""
+    found = {}
     for entry in pathlib.Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -142,9 +144,8 @@ def _worker_of_rank(launcher_pid: int, rank: int) -> int:
             env = (entry / "environ").read_bytes().split(b"\0") if parent == launcher_pid else []
         except OSError:  # the process ended meanwhile
             continue
-        if f"RANK={rank}".encode() in env:
-            return int(entry.name)
-    raise LookupError(f"no worker of rank {rank} under process {launcher_pid}")
+        found.update({int(item[5:]): int(entry.name) for item in env if item.startswith(b"RANK=")})
+    return found
 
 
 def _final_state(workdir: pathlib.Path) -> str:
@@ -161,20 +162,23 @@ def test_a_killed_training_rank_restarts_the_group_which_resumes_with_nothing_lo
     workdir, log_path = tmp_path / "run", tmp_path / "torchrun.log"
     cmd = command(*TRAIN, "--workdir", str(workdir), nproc=2, extra=("--max-restarts=1",))
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+    deadline = time.monotonic() + 300  # a hang fails with the log instead of holding up the suite
     try:
-        first = checkpoint_path(workdir, SAVE_EVERY)
-        while not first.exists():
-            assert proc.poll() is None, "training ended before its first checkpoint:\n" + log_path.read_text()[-3000:]
+        while not checkpoint_path(workdir, SAVE_EVERY).exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("no first checkpoint:\n" + log_path.read_text()[-3000:])
             time.sleep(0.01)
-        os.kill(_worker_of_rank(proc.pid, 0), signal.SIGKILL)
+        os.kill(_workers(proc.pid)[0], signal.SIGKILL)
         try:
-            proc.wait(timeout=300)
+            proc.wait(timeout=deadline - time.monotonic())
         except subprocess.TimeoutExpired:
             pytest.fail("the restarted group did not finish:\n" + log_path.read_text()[-3000:])
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # the workers run in sessions of their own: end them, then torchrun
+            for pid in [*_workers(proc.pid).values(), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.wait()
     out = log_path.read_text()
     assert proc.returncode == 0, out[-3000:]

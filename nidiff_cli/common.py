@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from training.checkpoint import write_atomically
+
 from .config import (
     PRESETS,
     Config,
@@ -294,11 +296,13 @@ def run_dir(cfg: Config) -> pathlib.Path:
 
 
 def write_config(cfg: Config, workdir: pathlib.Path) -> pathlib.Path:
-    """workdir/config.toml: the resolved tree of the run (rank 0 writes)."""
+    """workdir/config.toml: the resolved tree of the run (rank 0 writes; atomically, as the other ranks may be
+    reading it at the same moment: a resumed or restarted run under torchrun)."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.toml"
     if int(os.environ.get("RANK", "0")) == 0:
-        path.write_text(dump_toml(cfg))
+        text = dump_toml(cfg).encode()
+        write_atomically(path, lambda f: f.write(text))
     return path
 
 

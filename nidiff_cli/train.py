@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(tcfg, progress=True)
     if int(os.environ.get("RANK", "0")) == 0:
         how = f"stopped by {result['stopped_by']}" if result["stopped_by"] else "done"
-        print(f"{how}: step {result['step']} in {workdir}; checkpoint {result['checkpoint']}")
+        resumed = f" (resumed from step {result['start_step']})" if result["start_step"] else ""
+        print(f"{how}: step {result['step']}{resumed} in {workdir}; checkpoint {result['checkpoint']}")
     return EXIT_INTERRUPTED if result["stopped_by"] == "SIGINT" else 0
 
 

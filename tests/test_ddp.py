@@ -3,7 +3,8 @@
 Checked: both ranks end with bitwise identical weights and EMA weights while their losses differ (each rank draws
 its own data shard and noise seeds); the logged loss is the mean over ranks; the checkpoint holds both ranks' RNG
 states; and only rank 0 touches the workdir (a sys.addaudithook records every open-for-write, rename, remove and
-mkdir under it).
+mkdir under it). And the ranks of each start of a group (torchrun restarts it in the same key-value store) agree
+on a store prefix that no earlier start used.
 """
 
 import json
@@ -12,12 +13,17 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from training import load_checkpoint
 from training.checkpoint import list_checkpoints
+from training.distributed import _fresh_prefix
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -90,3 +96,25 @@ def test_two_gloo_ranks_agree_and_only_rank_0_writes(tmp_path):
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     for name, value in ckpt["model"].items():
         assert torch.equal(value, states[0]["model"][name])
+
+
+def test_each_start_of_a_group_meets_under_a_store_prefix_no_earlier_start_used():
+    """One store for every start, as torchrun's agent keeps it across restarts. Whichever rank comes first (rank 1
+    finding the roster of the start before, rank 0 finding the numbers of the ranks before), all ranks of a start
+    return one prefix, new to the store; a start may have another world size."""
+    store = dist.HashStore()
+    store.set_timeout(timedelta(seconds=60))
+
+    def start(delays: list[float]) -> set[str]:
+        def rank(r: int) -> str:
+            time.sleep(delays[r])  # orders the arrivals
+            return _fresh_prefix(store, r, len(delays), timedelta(seconds=60))
+
+        with ThreadPoolExecutor(len(delays)) as pool:
+            return set(pool.map(rank, range(len(delays))))
+
+    used: set[str] = set()
+    for delays in ([0, 0], [0.3, 0], [0, 0.3], [0.2, 0, 0.4]):
+        (prefix,) = start(delays)
+        assert prefix not in used
+        used.add(prefix)

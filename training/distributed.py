@@ -1,12 +1,25 @@
-"""torch.distributed set-up for DDP training launched by torchrun (gloo on CPU, nccl on CUDA)."""
+"""torch.distributed set-up for DDP training launched by torchrun (gloo on CPU, nccl on CUDA).
+
+Restarts (`torchrun --max-restarts=N`): torchrun's agent serves the workers' key-value store (MASTER_ADDR:MASTER_PORT,
+TORCHELASTIC_USE_AGENT_STORE=True) and keeps that same store across restarts of the worker group, and
+init_process_group writes its keys (each rank's gloo address, NCCL's unique id) under names that do not change
+between starts. A restarted rank could then read the address of a dead rank of the previous start and fail
+("Gloo connectFullMesh failed ... Connection refused") or wait on it. So each start of the group first agrees on a
+key prefix that no earlier start used (`_fresh_prefix`) and creates its process group under it. The restart count
+cannot serve as that prefix: each node's agent counts its own restarts (a node whose workers did not fail restarts
+them without counting).
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 __all__ = ["DistContext", "setup_distributed", "teardown_distributed", "any_rank", "mean_over_ranks", "all_gather"]
 
@@ -35,8 +48,8 @@ def setup_distributed(device: str) -> DistContext:
     """A single process unless torchrun launched several (WORLD_SIZE > 1) or a process group already exists.
 
     Under torchrun the default process group is initialised from the env:// variables it sets (MASTER_ADDR,
-    MASTER_PORT, RANK, WORLD_SIZE), with nccl when `device` is CUDA and gloo otherwise; each rank then
-    trains on cuda:LOCAL_RANK.
+    MASTER_PORT, RANK, WORLD_SIZE), under a key prefix fresh to this start of the group, with nccl when `device`
+    is CUDA and gloo otherwise; each rank then trains on cuda:LOCAL_RANK.
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -49,8 +62,43 @@ def setup_distributed(device: str) -> DistContext:
         torch.cuda.set_device(dev)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=default_pg_timeout))
+        prefix = _fresh_prefix(store, rank, world_size, default_pg_timeout)
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo",
+            store=dist.PrefixStore(prefix, store),
+            rank=rank,
+            world_size=world_size,
+        )
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns_group=owns)
+
+
+def _fresh_prefix(store: dist.Store, rank: int, world_size: int, timeout: timedelta) -> str:
+    """A key prefix of `store` that every rank of this start of the group returns and no earlier start used.
+
+    Each process draws a number no other process of the store's life drew (an atomic counter) and publishes it
+    under its rank. Rank 0 publishes the roster of the numbers it reads; a rank accepts the first roster that holds
+    its own number (an older roster cannot: its writer never saw that number) and acknowledges it with rank 0's
+    number; rank 0 republishes until every rank has acknowledged its number. The prefix holds rank 0's number.
+    """
+    mine = str(store.add("nidiff/starts", 1))
+    store.set(f"nidiff/start/{rank}", mine)
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        if rank == 0:
+            roster = [mine] + [store.get(f"nidiff/start/{r}").decode() for r in range(1, world_size)]
+            store.set("nidiff/roster", ",".join(roster))
+            acks = [f"nidiff/ack/{r}" for r in range(1, world_size)]
+            if all(store.check([key]) and store.get(key).decode() == mine for key in acks):
+                return f"nidiff/{mine}/"
+        else:
+            roster = store.get("nidiff/roster").decode().split(",")
+            if len(roster) == world_size and roster[rank] == mine:
+                store.set(f"nidiff/ack/{rank}", roster[0])
+                return f"nidiff/{roster[0]}/"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {rank}: the {world_size} ranks did not meet in the store within {timeout}")
+        time.sleep(0.01)
 
 
 def teardown_distributed(ctx: DistContext) -> None:

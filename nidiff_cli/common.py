@@ -59,9 +59,9 @@ __all__ = [
 ]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
-# Intra-op threads on the CPU unless OMP_NUM_THREADS says otherwise: the 8x8 network's operations are too small to
-# split, and two threads cost 2.5-3x the CPU time of one per training step, slower in wall time too
-# (benchmarks/RESULTS.md, main job levers).
+# Intra-op threads of a study worker on the CPU unless OMP_NUM_THREADS says otherwise: a study runs one worker per
+# core, and two one-thread processes train about 1.35x the images per second of one two-thread process on the
+# 8x8 network (benchmarks/RESULTS.md, main job levers).
 CPU_THREADS = 1
 
 

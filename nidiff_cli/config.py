@@ -12,6 +12,7 @@ as config.toml; `train_config` maps the tree onto training.TrainConfig, whose de
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -158,13 +159,18 @@ def _preset(**sections: dict) -> Config:
     return cfg
 
 
-# The main job's schedule is sized for 2 CPU cores. cifar10 is DDPM's CIFAR-10 recipe, each value with where Ho et al.
-# (2020, arXiv:2006.11239) state it; the NI paper keeps DDPM's settings but for the noise (docs/math.md §2).
+# digits: the main job's recipe for 2 CPU cores (benchmarks/RESULTS.md, main job levers). cifar10: DDPM's CIFAR-10
+# recipe, each value with where Ho et al. (2020, arXiv:2006.11239) state it; the NI paper keeps DDPM's settings but for
+# the noise (docs/math.md §2).
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "tiny": lambda: _preset(
         model={"name": "tiny"}, training={"steps": 20, "batch_size": 16}, sampling={"steps": 10, "num_samples": 16}
     ),
-    "digits": lambda: _preset(training={"steps": 500}),
+    "digits": lambda: _preset(
+        model={"dropout": 0.0},
+        training={"steps": 600, "batch_size": 128, "lr": 2e-3, "lr_schedule": "cosine"},
+        sampling={"options": {"schedule": "logsnr"}},
+    ),
     "cifar10": lambda: _preset(
         data={"dataset": "cifar10", "flip": True},  # App. B: "random horizontal flips during training for CIFAR10"
         model={"name": "cifar10"},  # App. B's 35.7M-parameter U-Net (attention at 16x16: Sec. 4; dropout 0.1: App. B)
@@ -248,18 +254,14 @@ def _convert(value: object, annotation, path: str) -> object:
             return value
     elif annotation is int:
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 return int(value)
-            except ValueError:
-                pass
         elif isinstance(value, int) and not isinstance(value, bool):
             return value
     elif annotation is float:
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 return float(value)
-            except ValueError:
-                pass
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif annotation is str:
@@ -296,10 +298,8 @@ def _scalar(value: object) -> object:
     if not isinstance(value, str):
         return value
     for cast in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return cast(value)
-        except ValueError:
-            pass
     return {"true": True, "false": False}.get(value.lower(), value)
 
 

@@ -14,7 +14,8 @@ each round runs every job once in "before" and then in "after", and there are `-
 first) for each torch thread count in `--threads`. The table gives the best and the median images/s of each tree and
 the after/before ratios, and whether both trees drew the same samples from the same seed (first round, one thread).
 Where pc's samples differ, a further run of the "after" tree with the earlier per-step seed rule (every noisy step
-draws its seed from the generator) says whether the seeds are the only difference.
+draws its seed from the generator) says whether the seeds are the only difference, and the network's outputs of both
+trees on one input say whether the network itself rounds alike.
 
 Run from the repository root, with the other checkout (e.g. a `git worktree add --detach` of an earlier commit):
 
@@ -81,6 +82,12 @@ def legacy_seed(self):
 own_seed = common.Run.seed
 for line in sys.stdin:
     job = json.loads(line)
+    if "net" in job:  # the network's eps on a saved input
+        x, t = torch.load(job["net"])
+        with torch.no_grad():
+            torch.save(model(x, t), job["save"])
+        reply({})
+        continue
     common.Run.seed = legacy_seed if job["legacy_seeds"] else own_seed
     generator = torch.Generator().manual_seed(job["seed"])
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -119,6 +126,10 @@ class Worker:
         job = {"method": method, "steps": steps, "options": options, "batch": batch, "seed": seed,
                "save": str(save) if save else None, "legacy_seeds": legacy_seeds}  # fmt: skip
         return self.ask(job)
+
+    def net(self, inputs: pathlib.Path, save: pathlib.Path) -> None:
+        """The network's output on the saved (x, t), saved to `save`."""
+        self.ask({"net": str(inputs), "save": str(save)})
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -159,11 +170,12 @@ def loadavg() -> str:
 
 
 def compare(a: pathlib.Path, b: pathlib.Path) -> str:
-    """'equal' when the saved samples are bitwise equal, else their largest absolute difference."""
+    """'equal' when the saved tensors are bitwise equal, else their largest absolute difference relative to the
+    largest absolute value."""
     x, y = torch.load(a), torch.load(b)
     if torch.equal(x, y):
         return "equal"
-    return f"differ (max abs {float((x - y).abs().max()):.2g})"
+    return f"differ (max abs diff / max abs {float((x - y).abs().max() / x.abs().max()):.1g})"
 
 
 def measure(before: pathlib.Path, after: pathlib.Path, threads: int, args, weights, tmp) -> tuple[list, dict]:
@@ -174,6 +186,7 @@ def measure(before: pathlib.Path, after: pathlib.Path, threads: int, args, weigh
             for _, method, steps, options in JOBS:
                 worker.run(method, min(steps, 3), options, args.batch, args.seed)
         wall = {(label, tree): [] for label, *_ in JOBS for tree in trees}
+        cpu = {(label, tree): [] for label, *_ in JOBS for tree in trees}
         loads = []
         for r in range(args.rounds):
             for j, (label, method, steps, options) in enumerate(JOBS):
@@ -181,10 +194,17 @@ def measure(before: pathlib.Path, after: pathlib.Path, threads: int, args, weigh
                     save = tmp / f"{name}-{j}.pt" if r == 0 and threads == 1 else None
                     result = worker.run(method, steps, options, args.batch, args.seed, save)
                     wall[label, name].append(result["wall"])
+                    cpu[label, name].append(result["cpu"])
             loads.append(os.getloadavg()[0])
             print(f"threads {threads}, round {r + 1}/{args.rounds} done (load {loads[-1]:.2f})", flush=True)
         same = {}
         if threads == 1:
+            torch.manual_seed(args.seed + 1)
+            inputs = (torch.randn(args.batch, *SHAPE), torch.rand(args.batch) * 999)
+            torch.save(inputs, tmp / "net-in.pt")
+            for name, worker in trees.items():
+                worker.net(tmp / "net-in.pt", tmp / f"net-{name}.pt")
+            same["network output"] = compare(tmp / "net-before.pt", tmp / "net-after.pt")
             for j, (label, method, steps, options) in enumerate(JOBS):
                 same[label] = compare(tmp / f"before-{j}.pt", tmp / f"after-{j}.pt")
                 if label == LEGACY_SEED_JOB and same[label] != "equal":
@@ -199,8 +219,9 @@ def measure(before: pathlib.Path, after: pathlib.Path, threads: int, args, weigh
         rate = {name: [args.batch / s for s in wall[label, name]] for name in trees}
         best = {name: max(v) for name, v in rate.items()}
         median = {name: statistics.median(v) for name, v in rate.items()}
+        cpu_ratio = statistics.median(cpu[label, "before"]) / statistics.median(cpu[label, "after"])
         rows.append((label, threads, best["before"], median["before"], best["after"], median["after"],
-                     best["after"] / best["before"], median["after"] / median["before"]))  # fmt: skip
+                     best["after"] / best["before"], median["after"] / median["before"], cpu_ratio))  # fmt: skip
     return rows, {"same": same, "load_max": max(loads)}
 
 
@@ -226,15 +247,19 @@ def main() -> None:
             r, notes[threads] = measure(args.before.resolve(), args.after.resolve(), threads, args, weights, tmp)
             rows += r
     same = next((n["same"] for n in notes.values() if n["same"]), {})
+    if same:
+        print(f"network output on the same input (1 thread): {same['network output']}")
     print(f"load average before {load_start}, after {loadavg()}, highest 1-minute value between rounds "
           f"{max(n['load_max'] for n in notes.values()):.2f}")  # fmt: skip
-    print(f"batch {args.batch}, {args.rounds} rounds per tree, images/s from wall time\n")
-    print("| sampler | threads | before best | before median | after best | after median | after/before best "
-          "| after/before median | same samples (seed, 1 thread) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, threads, b_best, b_med, a_best, a_med, r_best, r_med in rows:
-        print(f"| {label} | {threads} | {b_best:.1f} | {b_med:.1f} | {a_best:.1f} | {a_med:.1f} | {r_best:.2f} "
-              f"| {r_med:.2f} | {same.get(label, '-')} |")  # fmt: skip
+    print(f"batch {args.batch}, {args.rounds} rounds per tree; images/s from wall time; the CPU ratio is the "
+          "before/after ratio of the median CPU seconds of the worker process\n")  # fmt: skip
+    print("| sampler | threads | before: best, median images/s | after: best, median images/s | after/before best "
+          "| after/before median | after/before by CPU time | same samples (same seed, 1 thread) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for label, threads, b_best, b_med, a_best, a_med, r_best, r_med, r_cpu in rows:
+        equal = same.get(label, "-") if threads == 1 else "-"
+        print(f"| {label} | {threads} | {b_best:.1f}, {b_med:.1f} | {a_best:.1f}, {a_med:.1f} | {r_best:.2f} "
+              f"| {r_med:.2f} | {r_cpu:.2f} | {equal} |")  # fmt: skip
 
 
 if __name__ == "__main__":

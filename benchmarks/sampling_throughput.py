@@ -11,11 +11,14 @@ by samplers.sample under torch.no_grad (as samplers.sample_batches, the main job
 Each tree runs in a worker process of its own (cwd and PYTHONPATH at that tree, so it imports its own packages; the
 worker's source is in this file and goes to the other tree's Python through `python -c`). The workers take turns:
 each round runs every job once in "before" and then in "after", and there are `--rounds` rounds (untimed warm-up
-first) for each torch thread count in `--threads`. The table gives the best and the median images/s of each tree and
+first) for each torch thread count in `--threads`. The table gives the best and the median images/s of each tree,
 the after/before ratios, and whether both trees drew the same samples from the same seed (first round, one thread).
-Where pc's samples differ, a further run of the "after" tree with the earlier per-step seed rule (every noisy step
-draws its seed from the generator) says whether the seeds are the only difference, and the network's outputs of both
-trees on one input say whether the network itself rounds alike.
+
+The "score 0" rows time the samplers with a zero score function: the samplers' own work alone (time grid, noise,
+updates, checks), the part of the time that the samplers' code decides. Where pc's samples differ, a further run of
+the "after" tree with the earlier per-step seed rule (every noisy step draws its seed from the generator) says
+whether the seeds are the only difference, and the network's outputs of both trees on one input say whether the
+network itself rounds alike.
 
 Run from the repository root, with the other checkout (e.g. a `git worktree add --detach` of an earlier commit):
 
@@ -40,13 +43,14 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 8)
 GFF_POWER = 1.0
-LEGACY_SEED_JOB = "pc, 100 steps"
 
-# (label, method, steps, options)
+# (label, method, steps, options, score: "net" for the U-Net, "zero" for score 0, which leaves the sampler's own work)
 JOBS = (
-    ("dpm2m, 10 steps, defaults", "dpm2m", 10, {}),
-    ("dpm2m, 10 steps, schedule=logsnr", "dpm2m", 10, {"schedule": "logsnr"}),
-    (LEGACY_SEED_JOB, "pc", 100, {}),
+    ("dpm2m, 10 steps, defaults", "dpm2m", 10, {}, "net"),
+    ("dpm2m, 10 steps, schedule=logsnr", "dpm2m", 10, {"schedule": "logsnr"}, "net"),
+    ("pc, 100 steps", "pc", 100, {}, "net"),
+    ("score 0: dpm2m, 10 steps, schedule=logsnr", "dpm2m", 10, {"schedule": "logsnr"}, "zero"),
+    ("score 0: pc, 100 steps", "pc", 100, {}, "zero"),
 )
 
 # The worker: reads one JSON line of set-up, then one JSON line per job; answers one JSON line each on its stdout
@@ -72,7 +76,7 @@ model = create_model("digits").eval()
 model.load_state_dict(torch.load(init["weights"], weights_only=True))
 shape = tuple(init["shape"])
 sde = make_sde("nivp", shape, power=init["power"])
-score_fn = training.score_fn_for(model, sde, "dsm")
+scores = {"net": training.score_fn_for(model, sde, "dsm"), "zero": lambda x, t: torch.zeros_like(x)}
 reply({"samplers": samplers.__file__, "torch": torch.__version__, "threads": torch.get_num_threads()})
 
 def legacy_seed(self):
@@ -92,8 +96,8 @@ for line in sys.stdin:
     generator = torch.Generator().manual_seed(job["seed"])
     start, start_cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
-        x, nfe = samplers.sample(sde, score_fn, (job["batch"], *shape), job["method"], job["steps"], generator,
-                                 **job["options"])
+        x, nfe = samplers.sample(sde, scores[job["score"]], (job["batch"], *shape), job["method"], job["steps"],
+                                 generator, **job["options"])
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     if job["save"]:
         torch.save(x, job["save"])
@@ -122,8 +126,9 @@ class Worker:
             raise RuntimeError(f"the worker for {self.tree} stopped (exit code {self.proc.wait()})")
         return json.loads(line)
 
-    def run(self, method: str, steps: int, options: dict, batch: int, seed: int, save=None, legacy_seeds=False):
-        job = {"method": method, "steps": steps, "options": options, "batch": batch, "seed": seed,
+    def run(self, method: str, steps: int, options: dict, score: str, batch: int, seed: int, save=None,
+            legacy_seeds=False):  # fmt: skip
+        job = {"method": method, "steps": steps, "options": options, "score": score, "batch": batch, "seed": seed,
                "save": str(save) if save else None, "legacy_seeds": legacy_seeds}  # fmt: skip
         return self.ask(job)
 
@@ -183,16 +188,16 @@ def measure(before: pathlib.Path, after: pathlib.Path, threads: int, args, weigh
     trees = {"before": Worker(before, weights, threads), "after": Worker(after, weights, threads)}
     try:
         for worker in trees.values():  # warm-up: first calls, allocator, FFT plans
-            for _, method, steps, options in JOBS:
-                worker.run(method, min(steps, 3), options, args.batch, args.seed)
+            for _, method, steps, options, score in JOBS:
+                worker.run(method, min(steps, 3), options, score, args.batch, args.seed)
         wall = {(label, tree): [] for label, *_ in JOBS for tree in trees}
         cpu = {(label, tree): [] for label, *_ in JOBS for tree in trees}
         loads = []
         for r in range(args.rounds):
-            for j, (label, method, steps, options) in enumerate(JOBS):
+            for j, (label, method, steps, options, score) in enumerate(JOBS):
                 for name, worker in trees.items():
                     save = tmp / f"{name}-{j}.pt" if r == 0 and threads == 1 else None
-                    result = worker.run(method, steps, options, args.batch, args.seed, save)
+                    result = worker.run(method, steps, options, score, args.batch, args.seed, save)
                     wall[label, name].append(result["wall"])
                     cpu[label, name].append(result["cpu"])
             loads.append(os.getloadavg()[0])
@@ -205,11 +210,11 @@ def measure(before: pathlib.Path, after: pathlib.Path, threads: int, args, weigh
             for name, worker in trees.items():
                 worker.net(tmp / "net-in.pt", tmp / f"net-{name}.pt")
             same["network output"] = compare(tmp / "net-before.pt", tmp / "net-after.pt")
-            for j, (label, method, steps, options) in enumerate(JOBS):
+            for j, (label, method, steps, options, score) in enumerate(JOBS):
                 same[label] = compare(tmp / f"before-{j}.pt", tmp / f"after-{j}.pt")
-                if label == LEGACY_SEED_JOB and same[label] != "equal":
+                if method == "pc" and same[label] != "equal":
                     legacy = tmp / "after-legacy.pt"
-                    trees["after"].run(method, steps, options, args.batch, args.seed, legacy, legacy_seeds=True)
+                    trees["after"].run(method, steps, options, score, args.batch, args.seed, legacy, legacy_seeds=True)
                     same[label] += f"; with the earlier seed rule: {compare(tmp / f'before-{j}.pt', legacy)}"
     finally:
         for worker in trees.values():

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
-from torchvision.utils import make_grid
 
 __all__ = ["to_uint8", "save_png_folder", "save_grid", "save_samples_npz", "render_rows"]
 
@@ -51,6 +50,8 @@ def save_grid(x: Tensor, path: str | pathlib.Path, nrow: int | None = None, upsc
 
     `nrow` images per row (default: ceil(sqrt(N))); `upscale` repeats each pixel (nearest) for viewing.
     """
+    from torchvision.utils import make_grid  # imported on first use: torchvision takes seconds to import
+
     x = _check_images(x)
     if int(upscale) < 1:
         raise ValueError(f"upscale must be >= 1, got {upscale}")

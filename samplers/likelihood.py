@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 import kernels
 from sde_lib import SDE, nats_to_bpd
@@ -218,6 +217,7 @@ def _solve_rk45(flow: _ProbabilityFlow, x: Tensor, eps: float, T: float, solver:
 
 def _solve_torchdiffeq(flow: _ProbabilityFlow, x: Tensor, eps: float, T: float, solver: str, rtol: float, atol: float):
     """(x(T), int_eps^T div f~ dt, evaluations) by torchdiffeq's `solver` on the state (x, log-density increment)."""
+    from torchdiffeq import odeint  # imported on first use, as in samplers.ode
 
     def dynamics(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         xt = state[0]

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from .common import DEFAULT_EPS, Run, check_eps, probability_flow_drift
 
@@ -64,6 +63,8 @@ def sample_ode(
     denoise: bool = True,
 ) -> Tensor:
     """x_eps (or E[x_0 | x_eps]) by solving the probability-flow ODE from T to eps (module docstring)."""
+    from torchdiffeq import odeint  # imported on first use: it imports scipy.integrate, a second of start-up
+
     sde = run.sde
     eps = check_eps(sde, eps)
     fixed = check_solver(solver)

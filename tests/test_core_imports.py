@@ -1,8 +1,10 @@
 """Training and sampling import and run with torch alone: the optional packages (progress bars, image files,
-metrics, logs, weights files, config files) are imported only where they are used, as on a bare GPU image."""
+metrics, logs, weights files, config files) are imported only where they are used, as on a bare GPU image. The
+command line starts without the packages that take seconds to import (they load in the commands that use them)."""
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
@@ -44,3 +46,22 @@ print("ok")
 def test_training_and_sampling_need_only_the_core_packages():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+# Imported only by the commands, or the parts of them, that use them: a process that imports the command line and
+# builds its parser (what every `run.py COMMAND` does first, and all that `--help` and `config` need) loads none.
+HEAVY = ("torchvision", "sklearn", "matplotlib", "cleanfid", "tensorboard", "torchdiffeq")
+
+CLI_SCRIPT = f"""
+import sys
+import nidiff_cli
+nidiff_cli.build_parser()
+print(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r} or m.startswith("torch.utils.tensorboard")))
+"""
+
+
+def test_the_command_line_and_its_parser_import_none_of_the_heavy_packages():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", CLI_SCRIPT], capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]", proc.stdout

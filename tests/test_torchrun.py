@@ -82,9 +82,13 @@ def test_likelihood_on_two_ranks_equals_one_process(trained, tmp_path):
     assert abs(two["bits_per_dim"] - one["bits_per_dim"]) <= 1e-6
 
 
+VALUES = {"--ema-decay": "0.5", "--sde": "vp,nivp", "--samplers": "ddpm,dpm2m", "--shard": "1/2", "grid": "grid.toml"}
+
+
 def _full_flag_set(parser: argparse.ArgumentParser) -> list[str]:
-    """One occurrence of every option of a command, with a value of the right shape."""
-    argv = []
+    """The command's positional arguments, then one occurrence of every option, each with a value of the right
+    shape."""
+    argv = [VALUES.get(action.dest, "1") for action in parser._actions if not action.option_strings]
     for action in parser._actions:
         if not action.option_strings or action.dest == "help":
             continue
@@ -96,7 +100,7 @@ def _full_flag_set(parser: argparse.ArgumentParser) -> list[str]:
         elif action.dest == "settings":
             argv += [flag, "sampling.options.snr=0.1" if flag == "--set" else "snr=0.1"]
         else:
-            argv += [flag, {"--ema-decay": "0.5", "--sde": "vp,nivp", "--samplers": "ddpm,dpm2m"}.get(flag, "1")]
+            argv += [flag, VALUES.get(flag, "1")]
     return argv
 
 

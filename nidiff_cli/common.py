@@ -59,9 +59,9 @@ __all__ = [
 ]
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
-# Intra-op threads of a study worker on the CPU unless OMP_NUM_THREADS says otherwise: a study runs one worker per
-# core, and two one-thread processes train about 1.35x the images per second of one two-thread process on the
-# 8x8 network (benchmarks/RESULTS.md, main job levers).
+# Intra-op threads on the CPU (main job, study workers) unless OMP_NUM_THREADS says otherwise: the 8x8 network's
+# operations are too small to split; on an idle 2-core machine the main job trained its 600 steps in 130 s with one
+# thread and 133 s with two, which cost 1.44x the CPU time (benchmarks/RESULTS.md, main job levers).
 CPU_THREADS = 1
 
 

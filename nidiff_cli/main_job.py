@@ -12,6 +12,7 @@ from .common import (
     EXIT_INTERRUPTED,
     UsageError,
     add_common,
+    limit_cpu_threads,
     non_negative_int,
     provenance,
     resolve_run,
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, workdir = resolve_run(args)
     if cfg.data.dataset != "digits":
         raise UsageError("the main job scores digits; for other data use train, then sample / fid / likelihood")
+    limit_cpu_threads(cfg.device)
     check_sampler(cfg.sampling, sde_of(cfg, evaluation.DIGITS_SHAPE), evaluation.DIGITS_SHAPE)
     write_config(cfg, workdir)
     started = time.perf_counter()

@@ -166,11 +166,7 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
     "tiny": lambda: _preset(
         model={"name": "tiny"}, training={"steps": 20, "batch_size": 16}, sampling={"steps": 10, "num_samples": 16}
     ),
-    "digits": lambda: _preset(
-        model={"dropout": 0.0},
-        training={"steps": 600, "batch_size": 128, "lr": 2e-3, "lr_schedule": "cosine"},
-        sampling={"options": {"schedule": "logsnr"}},
-    ),
+    "digits": lambda: _preset(training={"steps": 600, "batch_size": 128, "lr": 2e-3, "lr_schedule": "cosine"}),
     "cifar10": lambda: _preset(
         data={"dataset": "cifar10", "flip": True},  # App. B: "random horizontal flips during training for CIFAR10"
         model={"name": "cifar10"},  # App. B's 35.7M-parameter U-Net (attention at 16x16: Sec. 4; dropout 0.1: App. B)

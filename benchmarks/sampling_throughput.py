@@ -31,14 +31,14 @@ import argparse
 import json
 import os
 import pathlib
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 
 import torch
+
+from benchmarks.likelihood_cost import cpu_name
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 8)
@@ -153,20 +153,6 @@ def write_weights(path: pathlib.Path, seed: int) -> None:
             if not p.any():
                 torch.nn.init.normal_(p, std=1e-3)
     torch.save(net.state_dict(), path)
-
-
-def cpu_name() -> str:
-    """lscpu's model name, else /proc/cpuinfo's, else platform.machine()."""
-    if shutil.which("lscpu"):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    info = pathlib.Path("/proc/cpuinfo")
-    if info.exists():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def loadavg() -> str:

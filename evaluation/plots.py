@@ -5,12 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["plot_loss_curve", "plot_loss_curves", "plot_table"]
+__all__ = [
+    "plot_loss_curve",
+    "plot_loss_curves",
+    "plot_table",
+    "plot_training_curve",
+    "main_budget",
+    "training_curve_cells",
+]
 
 
 def _pyplot():
@@ -51,37 +58,100 @@ def plot_table(table_csv: str | pathlib.Path, out: str | pathlib.Path) -> pathli
     """Frechet distance against sampler steps (log scale) from a results CSV (run.py table / study): one panel per
     sampler, one line per (sde, noise, loss). A point is the mean over the seeds, its bar the Student-t 95%
     interval of that mean (one seed: the cell's bootstrap interval fd_lo .. fd_hi); the grey band is the real-data
-    floor (mean +- sd) where the CSV has it (docs/math.md §10)."""
-    with open(table_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"sde", "noise", "loss", "sampler", "steps", "fd", "fd_lo", "fd_hi"} <= set(rows[0]):
-        raise ValueError(f"{table_csv} is not a results CSV (columns sde, noise, loss, sampler, steps, fd, ...)")
+    floor (mean +- sd) where the CSV has it (docs/math.md §10). Budgets are not mixed: of a CSV with several
+    train_steps values only the rows of the most common one (main_budget) are drawn, and the title says which."""
+    rows = _read_results(table_csv)
+    budget, budgets = main_budget(rows)
+    rows = [r for r in rows if (r.get("train_steps") or "") == budget]
     panels: dict[str, dict[tuple, dict[int, list[dict]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in rows:
         panels[r["sampler"]][(r["sde"], r["noise"], r["loss"])][int(r["steps"])].append(r)
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False, sharey=True)
     for ax, (sampler, lines) in zip(axes[0], sorted(panels.items())):
-        floors = [(float(r["floor_fd"]), float(r["floor_sd"])) for r in rows if r.get("floor_fd")]
-        if floors:
-            mean, sd = np.mean(floors, axis=0)
-            ax.axhspan(mean - sd, mean + sd, color="0.85", label="real-data floor")
-        for i, (name, cells) in enumerate(sorted(lines.items())):
-            steps = sorted(cells)
-            points = [_mean_and_bar(cells[s]) for s in steps]
-            y = np.array([p[0] for p in points])
-            err = np.array([[p[0] - p[1] for p in points], [p[2] - p[0] for p in points]])
-            seeds = max(len(cells[s]) for s in steps)
-            ax.errorbar(steps, y, yerr=err, marker="o", capsize=3, color=f"C{i % 10}",
-                        label=f"{' '.join(name)} ({seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
-        ax.set(xlabel="sampler steps", xscale="log", title=sampler)
+        _draw(ax, rows, lines)
+        ax.set(xlabel="sampler steps", xscale="log", title=sampler + (f", {budget} training steps" if budget else ""))
         ticks = sorted({s for cells in lines.values() for s in cells})
         ax.set_xticks(ticks, [str(s) for s in ticks])
         ax.minorticks_off()
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
     axes[0][0].set_ylabel("Frechet distance")
+    if len(budgets) > 1:
+        fig.suptitle(f"train_steps = {budget}, the most common of the budgets {', '.join(b or '?' for b in budgets)}")
     return _save(fig, plt, out)
+
+
+def plot_training_curve(table_csv: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
+    """Frechet distance against the training budget (train_steps, linear) from a study's CSV: one panel per
+    (sampler, steps) cell with two or more budgets (training_curve_cells), one line per (sde, noise, loss); points,
+    bars and the floor band as in plot_table. ValueError when no cell has two budgets."""
+    rows = _read_results(table_csv)
+    cells = training_curve_cells(rows)
+    if not cells:
+        raise ValueError(f"{table_csv} has no (sampler, steps) cell with two or more train_steps values")
+    panels: dict[tuple, dict[tuple, dict[int, list[dict]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for r in rows:
+        if (r["sampler"], int(r["steps"])) in cells and r.get("train_steps"):
+            panels[r["sampler"], int(r["steps"])][(r["sde"], r["noise"], r["loss"])][int(r["train_steps"])].append(r)
+    plt = _pyplot()
+    cols = min(4, len(cells))
+    grid_rows = -(-len(cells) // cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(5.5 * cols, 4.2 * grid_rows), squeeze=False)
+    for ax, (sampler, steps) in zip(axes.flat, cells):
+        lines = panels[sampler, steps]
+        _draw(ax, rows, lines)
+        ax.set(xlabel="training steps", title=f"{sampler}, {steps} sampler steps")
+        ticks = sorted({b for budgets in lines.values() for b in budgets})
+        ax.set_xticks(ticks, [str(b) for b in ticks])
+    for ax in axes.flat[len(cells) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Frechet distance")
+    return _save(fig, plt, out)
+
+
+def main_budget(rows: list[dict]) -> tuple[str, list[str]]:
+    """(the most common train_steps of results rows (a tie: the largest), all of them in increasing order); ""
+    stands for rows without the column (a CSV older than it)."""
+    counts = Counter(r.get("train_steps") or "" for r in rows)
+    budgets = sorted(counts, key=lambda b: int(b) if b else -1)
+    return max(reversed(budgets), key=counts.__getitem__), budgets
+
+
+def training_curve_cells(rows: list[dict]) -> list[tuple[str, int]]:
+    """The (sampler, steps) cells of results rows with two or more distinct train_steps values, sorted."""
+    budgets = defaultdict(set)
+    for r in rows:
+        if r.get("train_steps"):
+            budgets[r["sampler"], int(r["steps"])].add(int(r["train_steps"]))
+    return sorted(cell for cell, found in budgets.items() if len(found) >= 2)
+
+
+def _read_results(table_csv: str | pathlib.Path) -> list[dict]:
+    with open(table_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"sde", "noise", "loss", "sampler", "steps", "fd", "fd_lo", "fd_hi"} <= set(rows[0]):
+        raise ValueError(f"{table_csv} is not a results CSV (columns sde, noise, loss, sampler, steps, fd, ...)")
+    return rows
+
+
+def _draw(ax, rows: list[dict], lines: dict[tuple, dict[int, list[dict]]]) -> None:
+    """The floor band of `rows` and one line per (sde, noise, loss) of `lines` ({x: the seeds' rows}) on ax."""
+    floors = [(float(r["floor_fd"]), float(r["floor_sd"])) for r in rows if r.get("floor_fd")]
+    if floors:
+        mean, sd = np.mean(floors, axis=0)
+        ax.axhspan(mean - sd, mean + sd, color="0.85", label="real-data floor")
+    for i, (name, cells) in enumerate(sorted(lines.items())):
+        xs = sorted(cells)
+        points = [_mean_and_bar(cells[x]) for x in xs]
+        y = np.array([p[0] for p in points])
+        err = np.array([[p[0] - p[1] for p in points], [p[2] - p[0] for p in points]])
+        seeds = max(len(cells[x]) for x in xs)
+        ax.errorbar(xs, y, yerr=err, marker="o", capsize=3, color=f"C{i % 10}",
+                    label=f"{' '.join(name)} ({seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
 
 
 def _mean_and_bar(cells: list[dict]) -> tuple[float, float, float]:

@@ -3,7 +3,7 @@
     out = "runs/digits_study"    # output directory (--out overrides it)
     seeds = [0, 1, 2]            # seed s trains model s of every configuration and draws its samples (default [0])
     n = 1000                     # samples per cell (default: the configuration's sampling.num_samples)
-    train_steps = 2000           # optimiser steps of every model (default: the configuration's training.steps)
+    train_steps = 2000           # a model's optimiser steps (default: the configuration's training.steps)
     bpd = true                   # bits/dim of the held-out test digits for every model (default: false)
     bpd_images = 360             # the first this many of them (default: all)
     sigma_max = "data"           # ve / nive: "data" (docs/math.md §E.8, the default) or a number
@@ -12,15 +12,17 @@
     preset = "digits"
     training.batch_size = 64
 
-    [[group]]                    # one or more; the top-level sde / noise / loss / samplers / seeds are defaults
+    [[group]]                    # one or more; the top-level sde / noise / loss / samplers / seeds / train_steps
+                                 # are defaults
     sde = ["vp", "nivp"]
     noise = ["white", "gff:1"]   # each SDE takes the noises that fit it (nidiff_cli.results.Noise.fits)
     loss = ["ddpm"]
     samplers = { ddpm = [1000, 100, 50, 20, 10], dpm2m = [10, 20, 50] }
+    train_steps = [500, 1000, 2000]  # optional: this group's budgets, one model each (default: the top-level one)
 
-A model is (sde, noise, loss, seed), trained once in <out>/models/<name>; a cell is a model with a sampler and a
-step count. The grid's own keys set the fields of the configuration that vary or that the study fixes, so [config]
-may not set them.
+A model is (sde, noise, loss, seed, train_steps), trained once from scratch in <out>/models/<name> (each budget its
+own run and lr schedule); a cell is a model with a sampler and a step count. The grid's own keys set the fields of
+the configuration that vary or that the study fixes, so [config] may not set them.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ else:  # pragma: no cover
 
 __all__ = ["Model", "Cell", "Grid", "load_grid", "GROUP_KEYS", "TOP_KEYS", "GRID_FIELDS"]
 
-GROUP_KEYS = ("name", "sde", "noise", "loss", "samplers", "seeds")
-TOP_KEYS = ("out", "n", "train_steps", "bpd", "bpd_images", "sigma_max", "config", "group", *GROUP_KEYS[1:])
+GROUP_KEYS = ("name", "sde", "noise", "loss", "samplers", "seeds", "train_steps")
+TOP_KEYS = ("out", "n", "bpd", "bpd_images", "sigma_max", "config", "group", *GROUP_KEYS[1:])
 # Configuration fields the grid sets itself (its keys, or the cell).
 GRID_FIELDS = {
     "sde.name": "sde",
@@ -76,12 +78,13 @@ class Model:
     noise: Noise
     loss: str
     seed: int
+    train_steps: int  # its training budget (optimiser steps)
 
     @property
     def name(self) -> str:
-        """Its run directory's name, e.g. nivp_gff-0.5-dc-zero_ddpm_seed1."""
+        """Its run directory's name, e.g. nivp_gff-0.5-dc-zero_ddpm_seed1_steps2000."""
         slug = str(self.noise).replace(":", "-").replace("=", "-")
-        return f"{self.sde}_{slug}_{self.loss}_seed{self.seed}"
+        return f"{self.sde}_{slug}_{self.loss}_seed{self.seed}_steps{self.train_steps}"
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,9 @@ class Cell:
 
     @property
     def key(self) -> tuple[str, ...]:
-        """(sde, noise, loss, sampler, steps, seed) as strings: nidiff_cli.results.row_key of its row."""
+        """(sde, noise, loss, sampler, steps, seed, train_steps) as strings: nidiff_cli.results.row_key of its row."""
         m = self.model
-        return (m.sde, str(m.noise), m.loss, self.sampler, str(self.steps), str(m.seed))
+        return (m.sde, str(m.noise), m.loss, self.sampler, str(self.steps), str(m.seed), str(m.train_steps))
 
 
 @dataclass
@@ -107,7 +110,7 @@ class Grid:
     out: pathlib.Path
     base: Config
     n: int
-    train_steps: int
+    train_steps: int  # the default budget of a model (a group's train_steps overrides it)
     bpd_images: int  # 0: no bits/dim
     sigma_max: float | None  # None: from the data (ve / nive)
     cells: list[Cell]
@@ -131,7 +134,7 @@ class Grid:
         cfg = copy.deepcopy(self.base)
         cfg.sde.name, cfg.training.loss, cfg.seed = model.sde, model.loss, model.seed
         set_noise(cfg, model.noise)
-        cfg.training.steps, cfg.sampling.num_samples = self.train_steps, self.n
+        cfg.training.steps, cfg.sampling.num_samples = model.train_steps, self.n
         if self.sigma_max is not None and model.sde in VE_FAMILY:
             cfg.sde.sigma_max = self.sigma_max
         return cfg
@@ -153,7 +156,7 @@ class Grid:
         """Score evaluations of one sampler call: a run with a zero score on one image (runs.check_sampler, which
         raises UsageError for a sampler that does not apply to the SDE); cached."""
         if (sde, sampler, steps) not in self._nfe:
-            cfg = self.config(Model(sde, Noise("white"), "dsm", 0))
+            cfg = self.config(Model(sde, Noise("white"), "dsm", 0, self.train_steps))
             self._nfe[sde, sampler, steps] = check_sampler(
                 SamplingSection(method=sampler, steps=steps), sde_of(cfg, self.image_shape), self.image_shape
             )
@@ -205,13 +208,14 @@ def _base_config(tree: object, where: str) -> Config:
 
 
 def _group_cells(group: dict, grid: Grid, where: str) -> list[Cell]:
-    """The cells of one group: sde x fitting noise x loss x seed x sampler x steps, each checked."""
+    """The cells of one group: sde x fitting noise x loss x seed x budget x sampler x steps, each checked."""
     for key in ("sde", "noise", "loss", "samplers"):
         if key not in group:
             raise UsageError(f"{where}: no {key!r} (give it in the group or at the top level)")
     sdes, losses = _strings(group["sde"], f"{where}: sde"), _strings(group["loss"], f"{where}: loss")
     noises = [parse_noise(s) for s in _strings(group["noise"], f"{where}: noise")]
     seeds = _ints(group.get("seeds", [0]), f"{where}: seeds", 0)
+    budgets = _ints(group.get("train_steps", grid.train_steps), f"{where}: train_steps", 1)
     table = group["samplers"]
     if not isinstance(table, dict) or not table:
         raise UsageError(f"{where}: samplers must be a table of sampler = [steps, ...], got {table!r}")
@@ -236,7 +240,9 @@ def _group_cells(group: dict, grid: Grid, where: str) -> list[Cell]:
     for sde in sdes:
         for loss in losses:
             try:
-                get_loss(loss).check_sde(sde_of(grid.config(Model(sde, Noise("white"), loss, 0)), grid.image_shape))
+                get_loss(loss).check_sde(
+                    sde_of(grid.config(Model(sde, Noise("white"), loss, 0, grid.train_steps)), grid.image_shape)
+                )
             except ValueError as err:
                 raise UsageError(f"{where}: {err}") from None
             for sampler, counts in steps_of.items():
@@ -244,7 +250,8 @@ def _group_cells(group: dict, grid: Grid, where: str) -> list[Cell]:
                     grid.nfe(sde, sampler, 1)
                 except UsageError as err:
                     raise UsageError(f"{where}: {sde}: {err}") from None
-                models = [Model(sde, noise, loss, seed) for noise in noises if noise.fits(sde) for seed in seeds]
+                models = [Model(sde, noise, loss, seed, budget) for noise in noises if noise.fits(sde)
+                          for seed in seeds for budget in budgets]  # fmt: skip
                 cells += [Cell(model, sampler, steps) for model in models for steps in counts]
     return cells
 

@@ -65,7 +65,7 @@ def estimate(grid: Grid) -> dict[Model, ModelCost]:
     step_s = TRAIN_STEP_S + TRAIN_IMAGE_S * batch * scale
     return {
         model: ModelCost(
-            train_s=grid.train_steps * step_s,
+            train_s=model.train_steps * step_s,
             bpd_s=0.0 if model.noise.dc == "zero" else grid.bpd_images * BPD_IMAGE_S * scale,  # no density at dc=zero
             cells={
                 c: grid.n * grid.nfe(model.sde, c.sampler, c.steps) * EVAL_IMAGE_S * scale + CELL_S
@@ -96,9 +96,9 @@ def trained_steps(run_dir: pathlib.Path) -> int:
 
 def _remaining(grid: Grid, model: Model, cost: ModelCost, done: set) -> tuple[float, float, float]:
     """(training, bits/dim, cells) seconds still to run."""
-    left = max(0, grid.train_steps - trained_steps(grid.run_dir(model)))
+    left = max(0, model.train_steps - trained_steps(grid.run_dir(model)))
     bpd = 0.0 if (grid.run_dir(model) / "bpd.npz").is_file() else cost.bpd_s
-    return cost.train_s * left / grid.train_steps, bpd, sum(s for c, s in cost.cells.items() if c.key not in done)
+    return cost.train_s * left / model.train_steps, bpd, sum(s for c, s in cost.cells.items() if c.key not in done)
 
 
 def _hours(seconds: float) -> str:
@@ -109,25 +109,28 @@ def plan_text(grid: Grid, costs: dict[Model, ModelCost], done: set, workers: int
     """The plan: every model and cell with its estimated seconds, what is done, the totals and the wall time."""
     share = assign(costs, workers)
     sigma = "from the data" if grid.sigma_max is None else f"{grid.sigma_max:g}"
+    budgets = sorted({model.train_steps for model in costs})
     lines = [
         f"study {grid.path}: {len(costs)} models, {len(grid.cells)} cells -> {grid.out / 'study.csv'}",
-        f"n = {grid.n} samples per cell, {grid.train_steps} training steps (batch {grid.base.training.batch_size}), "
+        f"n = {grid.n} samples per cell, {', '.join(map(str, budgets))} training steps"
+        + (" by model" if len(budgets) > 1 else "")
+        + f" (batch {grid.base.training.batch_size}), "
         + (f"bits/dim of {grid.bpd_images} test digits" if grid.bpd_images else "no bits/dim")
         + f", sigma_max of ve / nive {sigma}",
         "",
-        f"{'model / cell':<40}{'train s':>9}{'bpd s':>8}{'nfe':>7}{'sample s':>10}  worker / status",
+        f"{'model / cell':<46}{'train s':>9}{'bpd s':>8}{'nfe':>7}{'sample s':>10}  worker / status",
     ]
     totals, left = [0.0, 0.0, 0.0], _shares(grid, costs, done, workers)
     for model, cost in costs.items():
         for i, value in enumerate((cost.train_s, cost.bpd_s, sum(cost.cells.values()))):
             totals[i] += value
         status = "" if sum(_remaining(grid, model, cost, done)) else " done"
-        lines.append(f"{model.name:<40}{cost.train_s:>9.0f}{cost.bpd_s:>8.0f}{'':>7}{sum(cost.cells.values()):>10.0f}"
+        lines.append(f"{model.name:<46}{cost.train_s:>9.0f}{cost.bpd_s:>8.0f}{'':>7}{sum(cost.cells.values()):>10.0f}"
                      f"  {share[model] + 1}/{workers}{status}")  # fmt: skip
         for cell, seconds in cost.cells.items():
             label = f"  {cell.sampler} {cell.steps}"
             nfe = grid.nfe(model.sde, cell.sampler, cell.steps)
-            lines.append(f"{label:<40}{'':>17}{nfe:>7}{seconds:>10.0f}  " + ("done" if cell.key in done else ""))
+            lines.append(f"{label:<46}{'':>17}{nfe:>7}{seconds:>10.0f}  " + ("done" if cell.key in done else ""))
     total = sum(totals)
     lines += [
         "",

@@ -1,6 +1,7 @@
 """Result rows of `run.py study` and `run.py table`: the CSV columns, the noise strings, locked appends.
 
-One row per cell (sde, noise, loss, sampler, steps, seed). A noise string names the covariance of a model:
+One row per cell (sde, noise, loss, sampler, steps, seed, train_steps: the model's training budget). A noise
+string names the covariance of a model:
 
     white                  the isotropic SDEs (vp, subvp, ve)
     gff:<power>            GFF noise with spectrum |k|^-2p and the DC bin at one (nivp, nive)
@@ -32,9 +33,9 @@ from .config import Config
 __all__ = ["FIELDS", "KEY", "Noise", "parse_noise", "noise_of", "set_noise", "digits_scores", "cell_row", "row_key",
            "append_row", "read_rows", "write_rows"]  # fmt: skip
 
-FIELDS = ["sde", "noise", "loss", "sampler", "steps", "nfe", "seed", "n", "fd", "fd_lo", "fd_hi", "floor_fd",
-          "floor_sd", "precision", "recall", "bpd", "commit", "torch"]  # fmt: skip
-KEY = ("sde", "noise", "loss", "sampler", "steps", "seed")  # what identifies a cell
+FIELDS = ["sde", "noise", "loss", "sampler", "steps", "nfe", "seed", "train_steps", "n", "fd", "fd_lo", "fd_hi",
+          "floor_fd", "floor_sd", "precision", "recall", "bpd", "commit", "torch"]  # fmt: skip
+KEY = ("sde", "noise", "loss", "sampler", "steps", "seed", "train_steps")  # what identifies a cell
 
 
 @dataclass(frozen=True)
@@ -104,15 +105,17 @@ def digits_scores(metric: evaluation.DigitsMetric, x: Tensor, floor: evaluation.
 
 
 def cell_row(cfg: Config, nfe: float, n: int, scores: dict, origin: dict, bpd: float | None = None) -> dict:
-    """The row of a cell: cfg names the model (sde, noise, loss, seed) and the sampler (sampling.method, steps);
-    `scores` holds fd .. recall (a missing one stays empty), `origin` is common.provenance (commit, torch)."""
+    """The row of a cell: cfg names the model (sde, noise, loss, seed, training.steps: its budget) and the
+    sampler (sampling.method, steps); `scores` holds fd .. recall (a missing one stays empty), `origin` is
+    common.provenance (commit, torch)."""
     return {"sde": cfg.sde.name, "noise": str(noise_of(cfg)), "loss": cfg.training.loss,
-            "sampler": cfg.sampling.method, "steps": cfg.sampling.steps, "nfe": nfe, "seed": cfg.seed, "n": n,
-            **scores, "bpd": bpd, "commit": origin["commit"], "torch": origin["torch"]}  # fmt: skip
+            "sampler": cfg.sampling.method, "steps": cfg.sampling.steps, "nfe": nfe, "seed": cfg.seed,
+            "train_steps": cfg.training.steps, "n": n, **scores, "bpd": bpd, "commit": origin["commit"],
+            "torch": origin["torch"]}  # fmt: skip
 
 
 def row_key(row: dict) -> tuple[str, ...]:
-    """The cell of a row as strings, (sde, noise, loss, sampler, steps, seed)."""
+    """The cell of a row as strings, the values of KEY (sde, noise, loss, sampler, steps, seed, train_steps)."""
     return tuple(str(row[k]) for k in KEY)
 
 

@@ -1,8 +1,9 @@
 """`run.py study GRID.toml`: a declared grid of models x samplers x steps x seeds, one CSV row per cell.
 
-Each model (sde, noise, loss, seed) is trained once in <out>/models/<name> (training.train: resumed from its
-checkpoints), then scored: bits/dim of the held-out test digits (every image's value in the model's bpd.npz), and
-for each of its cells n samples against the 360 held-out test digits in the digits classifier's feature space,
+Each model (sde, noise, loss, seed, train_steps) is trained once, for its budget of train_steps optimiser steps,
+in <out>/models/<name> (training.train: resumed from its checkpoints; each budget is a run of its own, trained from
+scratch), then scored: bits/dim of the held-out test digits (every image's value in the model's bpd.npz), and for
+each of its cells n samples against the 360 held-out test digits in the digits classifier's feature space,
 with the Frechet distance's bootstrap interval and the real-data floor (docs/math.md §10). A finished row is
 appended to <out>/study.csv at once (locked, flushed); a rerun skips the rows there and the models already trained,
 so a stopped study continues where it stopped. `--workers N` runs N processes (one thread each), each taking a
@@ -28,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import evaluation
-from evaluation.plots import plot_loss_curves, plot_table
+from evaluation.plots import main_budget, plot_loss_curves, plot_table, plot_training_curve, training_curve_cells
 from samplers.progress import progress
 from training import load_model, train
 from training.build import data_sigma_max
@@ -73,7 +74,8 @@ def add_parser(sub) -> None:
                    help="output directory; none: the grid's `out`, else runs/<grid file name>")  # fmt: skip
     p.add_argument("--plan", action="store_true", help="print the cells and their estimated CPU time; run nothing")
     p.add_argument("--plots", action="store_true",
-                   help="fd_vs_steps.png, loss_curves.png and summary.md from the CSV; run nothing")  # fmt: skip
+                   help="fd_vs_steps.png, fd_vs_training.png (where a cell has several train_steps), "
+                        "loss_curves.png and summary.md from the CSV; run nothing")  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=1, help="processes of one thread, each with its share")
     p.add_argument("--shard", type=_shard, default=None, metavar="K/N", help="run share K of N (one of --workers N)")
     p.add_argument("--device", type=str, default=None, help="torch device; none: the grid's [config]")
@@ -168,7 +170,7 @@ def _study(state: _Share, model: Model) -> None:
     cfg, run_dir = model_config(grid, model), grid.run_dir(model)
     write_config(cfg, run_dir)
     start = trained_steps(run_dir)
-    if start < grid.train_steps:
+    if start < model.train_steps:
         result = train(train_config(cfg, run_dir), progress=True)
         _log(grid.out, {"event": "train", "model": model.name, "from": result["start_step"], "to": result["step"],
                         "seconds": round(result["seconds"], 1), "share": state.label})  # fmt: skip
@@ -258,8 +260,9 @@ def run_workers(args: argparse.Namespace, grid: Grid, csv_path: pathlib.Path) ->
 
 
 def plots(grid: Grid, csv_path: pathlib.Path) -> int:
-    """fd_vs_steps.png (evaluation.plots.plot_table), loss_curves.png (the models' losses, one colour per
-    configuration) and summary.md (evaluation.report.study_summary) in the output directory."""
+    """fd_vs_steps.png (evaluation.plots.plot_table), fd_vs_training.png (plot_training_curve; only where a cell
+    has two or more budgets), loss_curves.png (the models' losses, one colour per configuration and budget) and
+    summary.md (evaluation.report.study_summary, of the most common budget's rows) in the output directory."""
     rows = read_rows(csv_path)
     if not rows:
         raise UsageError(f"{csv_path} holds no rows yet: run the study first")
@@ -267,12 +270,17 @@ def plots(grid: Grid, csv_path: pathlib.Path) -> int:
     for model in grid.models:
         metrics = grid.run_dir(model) / "metrics.jsonl"
         if metrics.is_file():
-            curves[f"{model.sde} {model.noise} {model.loss}"].append(metrics)
+            curves[f"{model.sde} {model.noise} {model.loss} {model.train_steps} steps"].append(metrics)
     written = [plot_table(csv_path, grid.out / "fd_vs_steps.png")]
+    if training_curve_cells(rows):
+        written.append(plot_training_curve(csv_path, grid.out / "fd_vs_training.png"))
     if curves:
         written.append(plot_loss_curves(curves, grid.out / "loss_curves.png"))
     summary = grid.out / "summary.md"
     configurations = list(dict.fromkeys((m.sde, str(m.noise), m.loss) for m in grid.models))
-    summary.write_text(evaluation.study_summary(rows, configurations) + "\n")
+    budget, budgets = main_budget(rows)
+    note = f"Rows of train_steps = {budget}, the most common of the budgets {', '.join(budgets)}.\n\n"
+    rows = [r for r in rows if r["train_steps"] == budget]
+    summary.write_text((note if len(budgets) > 1 else "") + evaluation.study_summary(rows, configurations) + "\n")
     print("wrote " + ", ".join(str(p) for p in [*written, summary]))
     return 0

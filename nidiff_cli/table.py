@@ -36,6 +36,7 @@ from .sampling import draw
 LABELS = {"vp": "VP (white)", "nivp": "NIVP (GFF)", "subvp": "subVP", "ve": "VE (white)", "nive": "NI-VE (GFF)"}
 # The samplers of NI-DDPM's discrete chain, which the paper samples with the model trained by NI-DDPM's own loss.
 DISCRETE_SAMPLERS = ("ddpm", "ddim")
+SHOWN = FIELDS[FIELDS.index("nfe") : FIELDS.index("recall") + 1]  # the columns printed after each cell
 
 
 def protocol_loss(sde: str, samplers: Sequence[str], configured: str) -> str:
@@ -140,7 +141,7 @@ def _run(args: argparse.Namespace, cfg, ctx) -> int:
                     scores = {"fd": scores["fid"], "precision": scores["precision"], "recall": scores["recall"]}
                 row = cell_row(cell, nfe, len(x), scores, origin)
                 rows.append(row)
-                shown = ", ".join(f"{k} {row[k]:.4g}" for k in FIELDS[5:15] if row.get(k) is not None)
+                shown = ", ".join(f"{k} {row[k]:.4g}" for k in SHOWN if row.get(k) is not None)
                 tqdm.write(f"{name} {method} {steps}: {shown}, {time.perf_counter() - t0:.1f} s")
                 write_rows(csv_path, rows)
     if not ctx.is_main:

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.subprocess
 # One thread per process: on a small shared machine extra threads only spin.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 TINY = ["--config", "tiny", "--device", "cpu"]
-STUDY_COLUMNS = ["sde", "noise", "loss", "sampler", "steps", "nfe", "seed", "n", "fd", "fd_lo", "fd_hi", "floor_fd",
-                 "floor_sd", "precision", "recall", "bpd", "commit", "torch"]  # fmt: skip
+STUDY_COLUMNS = ["sde", "noise", "loss", "sampler", "steps", "nfe", "seed", "train_steps", "n", "fd", "fd_lo", "fd_hi",
+                 "floor_fd", "floor_sd", "precision", "recall", "bpd", "commit", "torch"]  # fmt: skip
 NOISE = {"vp": "white", "nivp": "gff:1"}
 
 
@@ -200,7 +200,9 @@ def test_table_runs_the_protocol_grid(main_run, tmp_path):
         assert float(r["fd"]) > 0 and 0 <= float(r["precision"]) <= 1 and 0 <= float(r["recall"]) <= 1
         assert float(r["fd_lo"]) <= float(r["fd"]) <= float(r["fd_hi"]) and float(r["floor_fd"]) > 0
         # The paper's protocol: NI-DDPM's loss for the models its ddpm sampler draws from.
-        assert (r["noise"], r["loss"], r["seed"], r["n"], r["bpd"]) == (NOISE[r["sde"]], "ddpm", "0", "16", "")
+        assert (r["noise"], r["loss"], r["seed"], r["train_steps"], r["n"], r["bpd"]) == (
+            NOISE[r["sde"]], "ddpm", "0", "8", "16", ""
+        )  # fmt: skip
         if r["sampler"] == "ddpm":
             assert float(r["nfe"]) == float(r["steps"])  # one network evaluation per ancestral step
     assert "| sampler | steps | VP (white) FD | VP (white) P | VP (white) R | NIVP (GFF) FD |" in out, out

@@ -1,5 +1,5 @@
-"""run.py study: the noise strings, the grid file's checks, --plan, the results CSV, and a tiny study that is
-stopped after its first models, resumed, and finished without training any model twice."""
+"""run.py study: the noise strings, the grid file's checks, --plan, the results CSV, training budgets and their plots,
+and a tiny study that is stopped after its first models, resumed, and finished without training any model twice."""
 
 import csv
 import json
@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 import run
+from evaluation.plots import main_budget, plot_table, plot_training_curve, training_curve_cells
 from nidiff_cli.common import UsageError
 from nidiff_cli.grid import Model, load_grid
 from nidiff_cli.plan import ModelCost, assign, estimate
-from nidiff_cli.results import FIELDS, Noise, append_row, parse_noise, read_rows
+from nidiff_cli.results import FIELDS, KEY, Noise, append_row, cell_row, parse_noise, read_rows, row_key
 from nidiff_cli.study import STOP_AFTER_ENV
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def test_a_row_cut_short_is_dropped_and_appends_continue(tmp_path):
 
 
 def test_worker_shares_are_balanced_and_fixed():
-    costs = {Model("vp", Noise("white"), "ddpm", s): ModelCost(c, 0.0, {}) for s, c in enumerate([3, 5, 3, 4, 3])}
+    costs = {Model("vp", Noise("white"), "ddpm", s, 20): ModelCost(c, 0.0, {}) for s, c in enumerate([3, 5, 3, 4, 3])}
     share = assign(costs, 2)
     # Longest first to the least loaded (a tie to the lower index): 5 -> 0 (0 = 0), 4 -> 1, seed 0's 3 -> 1 (4 < 5),
     # seed 2's 3 -> 0 (5 < 7), seed 4's 3 -> 1 (7 < 8): loads 8 and 10.
@@ -141,7 +142,9 @@ def test_plan_lists_every_cell_with_its_cost_and_runs_nothing(tmp_path, capsys):
     assert code == 0
     lines = out.splitlines()
     models = [
-        f"{sde}_{noise}_ddpm_seed{seed}" for sde, noise in (("vp", "white"), ("nivp", "gff-1")) for seed in (0, 1)
+        f"{sde}_{noise}_ddpm_seed{seed}_steps20"
+        for sde, noise in (("vp", "white"), ("nivp", "gff-1"))
+        for seed in (0, 1)
     ]
     listed = [line.split()[0] for line in lines if line.split() and line.split()[0] in models]
     assert listed == models
@@ -153,6 +156,101 @@ def test_plan_lists_every_cell_with_its_cost_and_runs_nothing(tmp_path, capsys):
     assert any(line.startswith("estimated CPU time:") for line in lines)
     assert any("with 2 workers" in line for line in lines)
     assert not (tmp_path / "out").exists()
+
+
+# ---- training budgets ---------------------------------------------------------------------------------------------
+
+BUDGET_GROUPS = """
+[[group]]
+name = "curve"
+sde = ["vp"]
+noise = ["white"]
+train_steps = [10, 20]
+
+[[group]]
+name = "default budget"
+sde = ["vp", "nivp"]
+noise = ["white", "gff:1"]
+"""
+
+
+def test_a_group_trains_one_model_per_budget(tmp_path):
+    grid = load_grid(tiny_grid(tmp_path, TINY_GRID + BUDGET_GROUPS))
+    vp = [Model("vp", Noise("white"), "ddpm", seed, budget) for seed in (0, 1) for budget in (10, 20)]
+    nivp = [Model("nivp", Noise("gff", 1.0), "ddpm", seed, 20) for seed in (0, 1)]
+    assert grid.train_steps == 20 and grid.models == vp + nivp  # the vp models at 20 steps are not repeated
+    assert len(grid.cells) == len(grid.models) * len(STEPS)
+    names = [m.name for m in grid.models]
+    assert names[:2] == ["vp_white_ddpm_seed0_steps10", "vp_white_ddpm_seed0_steps20"]
+    assert len(set(names)) == len({grid.run_dir(m) for m in grid.models}) == 6
+    assert [grid.config(m).training.steps for m in grid.models] == [10, 20, 10, 20, 20, 20]
+    assert {c.key[-1] for c in grid.cells} == {"10", "20"}
+    costs = estimate(grid)
+    assert costs[vp[1]].train_s == pytest.approx(2 * costs[vp[0]].train_s)
+
+
+@pytest.mark.parametrize("value", ["0", '"x"', "[1.5]", "[]", "[10, 0]", "true"])
+def test_a_bad_group_budget_is_named(value, tmp_path):
+    path = tiny_grid(tmp_path, TINY_GRID + BUDGET_GROUPS.replace("[10, 20]", value))
+    with pytest.raises(UsageError, match=r"group 'curve': train_steps must be an integer >= 1"):
+        load_grid(path)
+
+
+def test_the_top_level_budget_is_one_integer(tmp_path):
+    with pytest.raises(UsageError, match="train_steps must be one integer"):
+        load_grid(tiny_grid(tmp_path, TINY_GRID.replace("train_steps = 20", "train_steps = [10, 20]")))
+
+
+def test_a_row_holds_its_budget_in_its_key(tmp_path):
+    assert FIELDS[FIELDS.index("seed") + 1] == "train_steps" and "train_steps" in KEY
+    grid = load_grid(tiny_grid(tmp_path, TINY_GRID + BUDGET_GROUPS))
+    cell = grid.cells[0]
+    row = cell_row(grid.cell_config(cell), 4, 16, {"fd": 1.0}, {"commit": "c", "torch": "t"})
+    assert row["train_steps"] == cell.model.train_steps == 10 and row_key(row) == cell.key
+    assert cell.key == tuple(str(row[k]) for k in KEY)
+    append_row(tmp_path / "study.csv", row)
+    assert row_key(read_rows(tmp_path / "study.csv")[0]) == cell.key
+
+
+def budget_rows(budgets: dict[str, tuple[int, ...]]) -> list[dict]:
+    """Synthetic rows: per sampler its budgets, two configurations, two seeds; FD falls with the budget."""
+    rows = []
+    for sampler, counts in budgets.items():
+        for budget in counts:
+            for i, (sde, noise) in enumerate((("vp", "white"), ("nivp", "gff:1"))):
+                for seed in (0, 1):
+                    fd = 10.0 + 1000.0 / budget + i + 0.1 * seed
+                    rows.append({"sde": sde, "noise": noise, "loss": "ddpm", "sampler": sampler, "steps": 4, "nfe": 4,
+                                 "seed": seed, "train_steps": budget, "n": 16, "fd": fd, "fd_lo": fd - 1,
+                                 "fd_hi": fd + 1, "floor_fd": 2.0, "floor_sd": 0.5, "precision": 0.5, "recall": 0.5,
+                                 "commit": "c", "torch": "t"})  # fmt: skip
+    return rows
+
+
+def test_fd_against_the_training_budget_is_plotted(tmp_path):
+    path = tmp_path / "study.csv"
+    for row in budget_rows({"ddpm": (10, 20, 40), "dpm2m": (20,)}):
+        append_row(path, row)
+    assert training_curve_cells(read_rows(path)) == [("ddpm", 4)]
+    assert main_budget(read_rows(path)) == ("20", ["10", "20", "40"])  # 8 rows of 20, 4 of 10 and of 40
+    for plot, name in ((plot_training_curve, "fd_vs_training.png"), (plot_table, "fd_vs_steps.png")):
+        out = plot(path, tmp_path / name)
+        assert out == tmp_path / name and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_table_takes_one_budget_and_no_curve_without_two(tmp_path):
+    path = tmp_path / "study.csv"
+    for row in budget_rows({"ddpm": (10, 40), "dpm2m": (40,)}):
+        append_row(path, row)
+    assert main_budget(read_rows(path)) == ("40", ["10", "40"])
+    assert main_budget(read_rows(path)[:8]) == ("40", ["10", "40"])  # a tie: the larger budget
+    assert plot_table(path, tmp_path / "fd.png").is_file()
+    single = tmp_path / "single.csv"
+    for row in budget_rows({"ddpm": (10,), "dpm2m": (40,)}):
+        append_row(single, row)
+    assert training_curve_cells(read_rows(single)) == []
+    with pytest.raises(ValueError, match="two or more train_steps"):
+        plot_training_curve(single, tmp_path / "none.png")
 
 
 # ---- a tiny study, stopped and resumed ---------------------------------------------------------------------------
@@ -175,7 +273,7 @@ def test_a_stopped_study_resumes_without_training_any_model_twice(tmp_path, caps
     # Two worker processes, each stopped by SIGTERM right after it has trained its first model.
     study_process(str(path), "--workers", "2", env={**ENV, STOP_AFTER_ENV: "1"})
     first = training_log(out)
-    assert sorted(e["model"] for e in first) == ["vp_white_ddpm_seed0", "vp_white_ddpm_seed1"]
+    assert sorted(e["model"] for e in first) == ["vp_white_ddpm_seed0_steps20", "vp_white_ddpm_seed1_steps20"]
     assert all((e["from"], e["to"]) == (0, 20) for e in first)
     assert sorted(e["share"] for e in first) == ["1/2", "2/2"]
     checkpoints = {
@@ -187,7 +285,7 @@ def test_a_stopped_study_resumes_without_training_any_model_twice(tmp_path, caps
     assert in_process(["study", str(path)], capsys)[0] == 0  # the rerun, in this process
     log = training_log(out)
     assert log[:2] == first and len(log) == 4  # the two new models only, each once, from step 0 to 20
-    assert sorted(e["model"] for e in log[2:]) == ["nivp_gff-1_ddpm_seed0", "nivp_gff-1_ddpm_seed1"]
+    assert sorted(e["model"] for e in log[2:]) == ["nivp_gff-1_ddpm_seed0_steps20", "nivp_gff-1_ddpm_seed1_steps20"]
     assert all((e["from"], e["to"]) == (0, 20) for e in log[2:])
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints  # not written again
 
@@ -195,9 +293,9 @@ def test_a_stopped_study_resumes_without_training_any_model_twice(tmp_path, caps
         reader = csv.DictReader(f)
         rows = list(reader)
     assert reader.fieldnames == FIELDS
-    keys = [(r["sde"], r["noise"], r["loss"], r["sampler"], r["steps"], r["seed"]) for r in rows]
-    expected = {(sde, noise, "ddpm", "ddpm", str(s), str(seed)) for sde, noise in (("vp", "white"), ("nivp", "gff:1"))
-                for s in STEPS for seed in (0, 1)}  # fmt: skip
+    keys = [(r["sde"], r["noise"], r["loss"], r["sampler"], r["steps"], r["seed"], r["train_steps"]) for r in rows]
+    expected = {(sde, noise, "ddpm", "ddpm", str(s), str(seed), "20")
+                for sde, noise in (("vp", "white"), ("nivp", "gff:1")) for s in STEPS for seed in (0, 1)}  # fmt: skip
     assert len(keys) == len(set(keys)) == 8 and set(keys) == expected
     for r in rows:
         values = {k: float(r[k]) for k in ("nfe", "fd", "fd_lo", "fd_hi", "floor_fd", "floor_sd", "precision", "recall",
@@ -207,7 +305,7 @@ def test_a_stopped_study_resumes_without_training_any_model_twice(tmp_path, caps
         assert 0 <= values["precision"] <= 1 and 0 <= values["recall"] <= 1
         assert values["nfe"] == float(r["steps"]) and r["n"] == "16"
         per_image = np.load(
-            out / "models" / f"{r['sde']}_{r['noise'].replace(':', '-')}_ddpm_seed{r['seed']}" / "bpd.npz"
+            out / "models" / f"{r['sde']}_{r['noise'].replace(':', '-')}_ddpm_seed{r['seed']}_steps20" / "bpd.npz"
         )
         assert per_image["bpd"].shape == (2,) and values["bpd"] == pytest.approx(per_image["bpd"].mean())
 
@@ -216,24 +314,26 @@ def test_a_stopped_study_resumes_without_training_any_model_twice(tmp_path, caps
     code, plan, _ = in_process(["study", str(path), "--plan"], capsys)
     assert code == 0 and "left to do: 0.0 min" in plan
     code, _, _ = in_process(["study", str(path), "--plots"], capsys)
-    assert code == 0 and {"fd_vs_steps.png", "loss_curves.png", "summary.md"} <= {p.name for p in out.iterdir()}
+    written = {p.name for p in out.iterdir()}
+    assert code == 0 and {"fd_vs_steps.png", "loss_curves.png", "summary.md"} <= written
+    assert "fd_vs_training.png" not in written  # one budget: no training curve
     assert "| nivp gff:1 ddpm | ddpm | 4 | 2 |" in (out / "summary.md").read_text()
 
 
 def test_the_digits_study_grid_holds_both_tiers_and_plans_about_five_hours():
     grid = load_grid(ROOT / "benchmarks" / "digits_study.toml")
     cells = {c.key for c in grid.cells}
-    seeds = [str(s) for s in range(3)]
+    seeds, budget = [str(s) for s in range(3)], str(grid.train_steps)
     # Tier 1: VP / white against NIVP / gff:1, NI-DDPM's loss, >= 3 paired seeds, the paper's step counts.
     for sde, noise in (("vp", "white"), ("nivp", "gff:1")):
         for sampler, counts in (("ddpm", (1000, 100, 50, 20, 10)), ("dpm2m", (10, 20, 50))):
-            assert {(sde, noise, "ddpm", sampler, str(s), seed) for s in counts for seed in seeds} <= cells
+            assert {(sde, noise, "ddpm", sampler, str(s), seed, budget) for s in counts for seed in seeds} <= cells
     # Tier 2: GFF powers, the DC rule and the data spectrum (ddpm 100 / 10, dpm2m 10), NI-VE against VE.
     for noise in ("gff:0.5", "gff:2", "gff:1:dc=zero", "data"):
         wanted = {("ddpm", "100"), ("ddpm", "10"), ("dpm2m", "10")}
-        assert {("nivp", noise, "ddpm", *c, seed) for c in wanted for seed in seeds} <= cells
+        assert {("nivp", noise, "ddpm", *c, seed, budget) for c in wanted for seed in seeds} <= cells
     for sde, noise in (("ve", "white"), ("nive", "gff:1")):
-        assert {(sde, noise, "dsm", "dpm2m", "10", seed) for seed in seeds} <= cells
+        assert {(sde, noise, "dsm", "dpm2m", "10", seed, budget) for seed in seeds} <= cells
     assert grid.n == 1000 and grid.bpd_images == 360 and grid.sigma_max is None
     costs = estimate(grid)
     share = assign(costs, 2)

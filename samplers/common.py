@@ -134,9 +134,14 @@ class Run:
         to the host). Raises FloatingPointError on a non-finite result (see `check`), naming the step and time.
         """
         noise = not (isinstance(c_z, (int, float)) and c_z == 0)
+        return self.accept(kernels.ni_update(x, eps, c_x, c_eps, c_z, self.sde.cov, self.seed() if noise else None),
+                           step, t)  # fmt: skip
+
+    def accept(self, x: Tensor, step: int | str, t: float | Tensor) -> Tensor:
+        """The state of a sampler step (`update`'s, or one a sampler formed itself), counted and checked as in
+        `update`."""
         self._updates += 1
-        out = kernels.ni_update(x, eps, c_x, c_eps, c_z, self.sde.cov, self.seed() if noise else None)
-        return self.check(out, step, t, every=CHECK_EVERY_ON_GPU)
+        return self.check(x, step, t, every=CHECK_EVERY_ON_GPU)
 
     def check(self, x: Tensor, step: int | str, t: float | Tensor, every: int = 1) -> Tensor:
         """x itself, or FloatingPointError when it holds a NaN or an infinity. On a GPU, where the check reads a

@@ -83,25 +83,28 @@ def solver_times(sde, points: int, eps: float, schedule: str = "logsnr", warp: f
     return times
 
 
-def exponential_step_weights(
-    a: list[float], std: list[float], lam: list[float], a_t: float, std_t: float, lam_t: float, order: int
-) -> tuple[list[float], list[float]]:
+def exponential_step_weights(a: list, std: list, lam: list, a_t, std_t, lam_t, order: int) -> tuple[list, list]:
     """Weights (u, v) with x_t = sum_j u_j x_j + Sigma^{1/2} sum_j v_j eps_j over the history j = current, previous.
 
-    a, std, lam list the current point first, then (for order 2) the previous one (module docstring).
-    lam_t = inf (std_t = 0) is the step to the data (phi = 1).
+    a, std, lam list the current point first, then (for order 2) the previous one (module docstring); each entry is
+    a number, or a float64 tensor of per-coefficient values in the SDE's spectral basis (docs/math.md §11), where
+    the same formula holds coefficient by coefficient with eps_j's coefficients and Sigma^{1/2} = I. Numbers give
+    numbers. lam_t = inf (std_t = 0) is the step to the data (phi = 1).
     """
+    numbers = not any(isinstance(v, Tensor) for v in [*a, *std, *lam, a_t, std_t, lam_t])
+    a, std, lam = ([torch.as_tensor(v, dtype=torch.float64) for v in vs] for vs in (a, std, lam))
+    a_t, std_t, lam_t = (torch.as_tensor(v, dtype=torch.float64) for v in (a_t, std_t, lam_t))
     h = lam_t - lam[0]
-    phi = -torch.expm1(torch.tensor(-h, dtype=torch.float64)).item()
+    phi = -torch.expm1(-h)
     if order == 1:
-        w = [1.0]
+        w = [torch.ones_like(h)]
     else:
         r = (lam[0] - lam[1]) / h
         w = [1 + 1 / (2 * r), -1 / (2 * r)]
     u = [a_t * phi * w[j] / a[j] for j in range(len(w))]
-    u[0] += std_t / std[0]
+    u[0] = u[0] + std_t / std[0]
     v = [-a_t * phi * w[j] * std[j] / a[j] for j in range(len(w))]
-    return u, v
+    return ([float(c) for c in u], [float(c) for c in v]) if numbers else (u, v)
 
 
 def solver_grid(
@@ -116,6 +119,26 @@ def solver_grid(
     return times, a, std, lam
 
 
+def spectral_grid(sde, steps: int, eps: float, schedule: str, warp: float, denoise: bool, per_frequency: bool):
+    """(times of the `steps` evaluations, and per-coefficient a, s, lambda at every grid point, each (P, C, H, W) or
+    broadcastable, float64): `solver_times` on the SDE's `log_snr` clock (the mean lambda over the coefficients for
+    the spectral family), one more point when denoise=False, the data (a = 1, s = 0, lambda = inf) when True.
+    per_frequency=False replaces lambda_k by its mean over the coefficients: the scalar-lambda step."""
+    times = solver_times(sde, steps if denoise else steps + 1, eps, schedule, warp)
+    a, s = sde.spectral_scales(times)
+    if not bool((s > 0).all()):
+        raise ValueError(f"dpm2m needs every noise scale s_k > 0; {sde.name} has a coefficient that is never "
+                         "noised (e.g. GFF with dc='zero'), so lambda_k is infinite there")  # fmt: skip
+    a, s = a.expand(len(times), *a.shape[1:]), s.expand(len(times), *s.shape[1:])
+    lam = a.log() - s.log()
+    if not per_frequency:
+        lam = lam.flatten(1).mean(1).reshape(-1, *[1] * (lam.dim() - 1)).expand(lam.shape)
+    if denoise:
+        a, s = torch.cat([a, torch.ones_like(a[:1])]), torch.cat([s, torch.zeros_like(s[:1])])
+        lam = torch.cat([lam, torch.full_like(lam[:1], math.inf)])
+    return times, a, s, lam
+
+
 def sample_dpm2m(
     run: Run,
     steps: int | None,
@@ -124,25 +147,29 @@ def sample_dpm2m(
     warp: float = 1.0,
     eps: float = DEFAULT_EPS,
     denoise: bool = True,
+    per_frequency: bool = True,
 ) -> Tensor:
-    """DPM-Solver++(2M) (order=2) or DPM-Solver++(1) = DDIM (order=1) with `steps` model evaluations (default 20)."""
+    """DPM-Solver++(2M) (order=2) or DPM-Solver++(1) = DDIM (order=1) with `steps` model evaluations (default 20),
+    per coefficient of the SDE's spectral basis (docs/math.md §11): a step h_k = Delta lambda_k per coefficient on
+    the shared time grid. per_frequency=False takes the mean lambda's step for every coefficient (the scalar-lambda
+    solver, for comparison: it does not converge on the blurring schedules)."""
     sde = run.sde
     eps = check_eps(sde, eps)
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     steps = 20 if steps is None else steps
-    times, a, std, lam = solver_grid(sde, steps, eps, schedule, warp, denoise)
+    times, a, std, lam = spectral_grid(sde, steps, eps, schedule, warp, denoise, per_frequency)
     x = run.prior()
-    history: list[tuple[Tensor, Tensor]] = []  # (x_j, eps_j), newest first
-    for k in run.steps(range(steps), steps, "dpm2m"):
+    y = sde.to_spectral(x)
+    history: list[tuple[Tensor, Tensor]] = []  # (y_j, eps_j) in the spectral basis, newest first
+    for k in run.steps(range(steps), steps, "dpm2m"):  # two transforms a step: eps in, the new state out
         t = float(times[k])
-        history = [(x, run.eps(x, t))] + history[:1]
-        use = 2 if order == 2 and k >= 1 and math.isfinite(lam[k + 1]) else 1  # first order into the data
+        history = [(y, sde.to_spectral(run.eps(x, t)))] + history[:1]
+        use = 2 if order == 2 and k >= 1 and bool(torch.isfinite(lam[k + 1]).all()) else 1  # first order into the data
         idx = [k, k - 1][:use]
         u, v = exponential_step_weights(
             [a[j] for j in idx], [std[j] for j in idx], [lam[j] for j in idx], a[k + 1], std[k + 1], lam[k + 1], use
         )
-        x_lin = sum(u_j * x_j for u_j, (x_j, _) in zip(u, history))
-        eps_lin = sum(v_j * e_j for v_j, (_, e_j) in zip(v, history))
-        x = run.update(x_lin, eps_lin, 1.0, 1.0, 0.0, k, t)
+        y = sum(u_j.to(x) * y_j + v_j.to(x) * e_j for u_j, v_j, (y_j, e_j) in zip(u, v, history))
+        x = run.accept(sde.from_spectral(y), k, t)
     return x

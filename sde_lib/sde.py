@@ -110,6 +110,20 @@ class SDE(ABC):
         lam = self.cov.basis_eigenvalues(std.dtype, std.device)
         return _bc(a), _bc(std) * lam.sqrt()
 
+    def log_spectral_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(log a, log s) per coefficient, float64, differentiable in t (docs/math.md §11)."""
+        a, s = self.spectral_scales(torch.as_tensor(t, dtype=torch.float64))
+        return a.log(), s.log()
+
+    def spectral_rates(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(f_k, lambda_k') = (d log a_k / dt, d lambda_k / dt) per coefficient, float64, by forward-mode
+        differentiation of `log_spectral_scales` (docs/math.md §11): the forward SDE is dy_k = f_k y_k dt + g_k dw_k
+        with g_k^2 = -2 lambda_k' s_k^2."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        t = t.reshape(1) if t.dim() == 0 else t
+        _, (d_log_a, d_log_s) = torch.func.jvp(self.log_spectral_scales, (t,), (torch.ones_like(t),))
+        return d_log_a, d_log_a - d_log_s
+
     def to_spectral(self, x: Tensor) -> Tensor:
         """x in the orthonormal basis in which the forward process is diagonal (the covariance's eigenbasis)."""
         return self.cov.to_basis(x)

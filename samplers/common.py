@@ -66,6 +66,10 @@ def probability_flow_drift(sde: SDE, eps_fn: Callable[[Tensor, Tensor], Tensor],
     (`sde.reverse(..., probability_flow=True).coefficients`); one `kernels.ni_update` with c_x = 1 and no noise
     (differentiable in x: kernels use their torch reference when gradients are recorded).
     """
+    if sde.per_coefficient:  # the spectral family: the same flow per coefficient of its basis
+        from .spectral import spectral_probability_flow_drift
+
+        return spectral_probability_flow_drift(sde, eps_fn, x, t)
     f, c_eps, _ = sde.reverse(None, probability_flow=True).coefficients(x, t)
     return kernels.ni_update(f, eps_fn(x, t), 1.0, c_eps, 0.0, sde.cov, None)
 

@@ -34,6 +34,7 @@ from .common import ScoreFn, check_eps
 from .ode import ADAPTIVE_SOLVERS, ClampedTime
 from .rk45 import rk45
 from .score_model import ScoreModel, as_score_model
+from .spectral import flow_coefficients
 
 __all__ = ["DIVERGENCES", "SOLVERS", "log_likelihood", "bits_per_dim"]
 
@@ -106,15 +107,49 @@ class _ProbabilityFlow:
         v = self.probe
         with torch.no_grad():
             f, c = self.coefficients(x, t)
-            div = (v * self.sde.sde(v, t)[0]).flatten(1).sum(1)  # v^T f(v, t) = v^T (df/dx) v
+            div = (v * self.linear(v, t)).flatten(1).sum(1)  # v^T f(v, t) = v^T (df/dx) v
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             g = self.output(xg, t)
             if g.requires_grad:  # else a model that does not depend on x
-                (vjp,) = torch.autograd.grad(g, xg, self.m_probe)
-                div = div + c * (vjp * v).flatten(1).sum(1)
+                (vjp,) = torch.autograd.grad(g, xg, self.probe_weight(c, t))
+                div = div + (vjp * v).flatten(1).sum(1)
         with torch.no_grad():
             return self.combine(f, c, g.detach()), div
+
+    def linear(self, v: Tensor, t: Tensor) -> Tensor:
+        """f(v, t): the drift's part that is linear in x."""
+        return self.sde.sde(v, t)[0]
+
+    def probe_weight(self, c: Tensor, t: Tensor) -> Tensor:
+        """w with c (M v)^T (dg/dx) v = w^T (dg/dx) v: c M v."""
+        return c[:, None, None, None] * self.m_probe
+
+
+class _SpectralFlow(_ProbabilityFlow):
+    """The same split for the spectral family (docs/math.md §11), per coefficient of its basis U:
+
+        f~(x, t) = U^T (f y) + U^T (C U g),   y = U x,   C = -lambda' s,
+
+    g the model's eps (a score model goes through its eps at the marginal scales); M = U^T diag(C) U is
+    symmetric but depends on t, so the probe's weight M v is formed at every evaluation (two transforms)."""
+
+    def __init__(self, sde: SDE, model: ScoreModel, probe: Tensor | None):
+        super().__init__(sde, model, None)
+        self.probe, self.score = probe, False
+
+    def coefficients(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        f, dlam, _, s = flow_coefficients(self.sde, t, x)
+        return self.sde.from_spectral(f * self.sde.to_spectral(x)), -dlam * s
+
+    def linear(self, v: Tensor, t: Tensor) -> Tensor:
+        return self.sde.from_spectral(flow_coefficients(self.sde, t, v)[0] * self.sde.to_spectral(v))
+
+    def combine(self, f: Tensor, c: Tensor, g: Tensor) -> Tensor:
+        return f + self.sde.from_spectral(c * self.sde.to_spectral(g))
+
+    def probe_weight(self, c: Tensor, t: Tensor) -> Tensor:
+        return self.sde.from_spectral(c * self.sde.to_spectral(self.probe))
 
 
 def _check_finite(x: Tensor, t: float) -> None:
@@ -183,7 +218,9 @@ def log_likelihood(
     eps = check_eps(sde, eps)
     if sde.cov.is_singular:
         raise ValueError("log_likelihood needs a non-singular covariance (dc='zero' never noises the image mean)")
-    flow = _ProbabilityFlow(sde, as_score_model(sde, score_fn), _probe(x, divergence, generator))
+    flow = (_SpectralFlow if sde.per_coefficient else _ProbabilityFlow)(
+        sde, as_score_model(sde, score_fn), _probe(x, divergence, generator)
+    )
     solve = _solve_rk45 if solver == "rk45" else _solve_torchdiffeq
     with full_precision_matmul():
         z, delta, calls = solve(flow, x, eps, sde.T, solver, rtol, atol)

@@ -95,5 +95,9 @@ def sample_ode(
     x = run.check(x, "ode end", eps)
     if denoise:
         tt = run.time(eps)
+        if sde.per_coefficient:  # x0 = U^T ((y - s e) / a) per coefficient
+            a, s = (v.to(x) for v in sde.spectral_scales(tt.double().cpu()))
+            x0 = sde.from_spectral((sde.to_spectral(x) - s * sde.to_spectral(run.eps(x, tt))) / a)
+            return run.accept(x0, "denoise", eps)
         x = run.update(x, run.eps(x, tt), *sde.denoise_coefficients(tt), 0.0, "denoise", eps)
     return x

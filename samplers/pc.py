@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .common import DEFAULT_EPS, Run, check_eps
 from .dpm_solver import solver_times
+from .spectral import sample_spectral_pc
 
 __all__ = ["PREDICTORS", "CORRECTORS", "sample_pc"]
 
@@ -70,6 +71,10 @@ def sample_pc(
         raise ValueError(f"snr must be a positive number, got {snr!r}")
     steps = sde.N if steps is None else steps
     times = solver_times(sde, steps, check_eps(sde, eps), schedule, warp)  # "time": linspace(T, eps, steps)
+    if sde.per_coefficient:  # the spectral family: its steps per coefficient (samplers.spectral)
+        if corrector != "none":
+            raise ValueError(f"{sde.name} has no Langevin corrector here (corrector must be 'none')")
+        return sample_spectral_pc(run, times, predictor, denoise)
     if predictor in DISCRETE_PREDICTORS:
         levels = sde.discrete_index(times)
         if not torch.equal(levels, torch.arange(sde.N - 1, -1, -1)):

@@ -52,7 +52,7 @@ class ScoreModel:
         if self.prediction == "eps":
             return out.to(x.dtype), None
         a, s = (self.scale or scale)(t)
-        return eps_from_prediction(self.prediction, out, x, a, s, self.sde.cov), s
+        return eps_from_prediction(self.prediction, out, x, a, s, self.sde.cov, self.sde), s
 
     def eps(self, x: Tensor, t: Tensor, scale: Scale | None = None) -> Tensor:
         """eps' = -s' Sigma^{1/2} score(x, t) at the noise scale s' of `scale` (default: the SDE's marginal std)."""

@@ -44,12 +44,17 @@ def tweedie_coefficients(a: Tensor | float, s: Tensor | float) -> tuple[Tensor |
 
 
 def eps_from_prediction(
-    prediction: str, out: Tensor, x: Tensor, a: Tensor | float, s: Tensor | float, cov: Covariance
+    prediction: str, out: Tensor, x: Tensor, a: Tensor | float, s: Tensor | float, cov: Covariance, basis=None
 ) -> Tensor:
-    """The white-noise prediction eps at scales (a, s) (each (B,) or a number) of a network output (module doc)."""
+    """The white-noise prediction eps at scales (a, s) (each (B,) or a number) of a network output (module doc).
+
+    Per-coefficient scales (a, s of shape (B, C, H, W) in the spectral basis of `basis`, an SDE of the spectral
+    family, docs/math.md §11) use the same formulas coefficient by coefficient, with Sigma^{1/2} = I."""
     out = out.to(x.dtype)
     if prediction == "eps":
         return out
+    if isinstance(a, Tensor) and a.dim() == 4:
+        return _spectral_eps(prediction, out, x, a.to(x.dtype), s.to(x.dtype), basis)
     a, s = _bc(a), _bc(s)
     if prediction == "x0":
         return cov.inv_sqrt_mul(x - a * out) / s
@@ -62,3 +67,21 @@ def eps_from_prediction(
         c2 = a**2 + s_k**2
         return cov.from_basis((s_k * cov.to_basis(x) + a * c2.sqrt() * cov.to_basis(out)) / c2)
     raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+
+def _spectral_eps(prediction: str, out: Tensor, x: Tensor, a: Tensor, s: Tensor, basis) -> Tensor:
+    """eps = U^T e with e from the prediction's coefficients: x0: e = (y - a x0) / s; score: e = -s score;
+    v: e = (s y + a c v) / c^2, c^2 = a^2 + s^2 (y = U x)."""
+    if basis is None:
+        raise ValueError("per-coefficient scales need the SDE whose spectral basis they belong to (basis=sde)")
+    y, o = basis.to_spectral(x), basis.to_spectral(out)
+    if prediction == "x0":
+        e = (y - a * o) / s
+    elif prediction == "score":
+        e = -s * o
+    elif prediction == "v":
+        c2 = a**2 + s**2
+        e = (s * y + a * c2.sqrt() * o) / c2
+    else:
+        raise ValueError(f"prediction {prediction!r} has no per-coefficient form (NCSN's u is for the VE family)")
+    return basis.from_spectral(e)

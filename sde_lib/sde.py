@@ -11,6 +11,7 @@ Every method keeps x's dtype and device.
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -69,6 +70,12 @@ class SDE(ABC):
         return 1.0
 
     @property
+    def per_coefficient(self) -> bool:
+        """False: x_t = a(t) x_0 + std(t) Sigma^{1/2} eps with scalar a, std (`marginal`). True for the spectral
+        family (sde_lib.spectral), whose `marginal` gives per-coefficient (a, s) in the spectral basis."""
+        return False
+
+    @property
     def prior_scale(self) -> float:
         """c such that the prior is N(0, c^2 Sigma)."""
         return 1.0
@@ -120,8 +127,10 @@ class SDE(ABC):
         differentiation of `log_spectral_scales` (docs/math.md §11): the forward SDE is dy_k = f_k y_k dt + g_k dw_k
         with g_k^2 = -2 lambda_k' s_k^2."""
         t = torch.as_tensor(t, dtype=torch.float64)
-        t = t.reshape(1) if t.dim() == 0 else t
-        _, (d_log_a, d_log_s) = torch.func.jvp(self.log_spectral_scales, (t,), (torch.ones_like(t),))
+        t = t.reshape(1) if t.dim() == 0 else t.clone()  # an expanded t has one memory location for all entries
+        with warnings.catch_warnings():  # torch's forward-mode decompositions load through torch.jit.script once
+            warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+            _, (d_log_a, d_log_s) = torch.func.jvp(self.log_spectral_scales, (t,), (torch.ones_like(t),))
         return d_log_a, d_log_a - d_log_s
 
     def to_spectral(self, x: Tensor) -> Tensor:

@@ -125,6 +125,18 @@ class SpectralSDE(SDE):
 
     mean_coeff = marginal_std = sde = _no_scalar
 
+    @property
+    def per_coefficient(self) -> bool:
+        return True
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(a, s) per coefficient of the spectral basis, each (B, C, H, W): x_t = U^T (a U x_0 + s U eps)."""
+        return self.spectral_scales(t)
+
+    def perturb(self, x0: Tensor, eps: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        """x_t = U^T (a U x_0 + s U eps) for per-coefficient scales (a, s) of `marginal`."""
+        return self.from_spectral(a * self.to_spectral(x0) + s * self.to_spectral(eps))
+
     def prior_spectral_std(self) -> Tensor:
         return self.spectral_scales(torch.tensor([self.T], dtype=torch.float64))[1]
 

@@ -415,3 +415,17 @@ def test_an_empty_folder_or_a_corrupt_image_stops_with_one_line(content, tmp_pat
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1, err
     assert ("broken.png" if content else "images") in err[0] and "Traceback" not in err[0]
+
+
+def test_main_job_with_the_blur_sde_and_dpm2m(tmp_path):
+    """`run.py --sde blur --sampler dpm2m` (docs/math.md §11) trains, samples per frequency and scores, bits/dim
+    included; a sampler without a per-coefficient form is refused on one line."""
+    workdir = tmp_path / "blur"
+    ok(cli("--sde", "blur", "--sampler", "dpm2m", *TINY, "--workdir", str(workdir), "--train-steps", "10",
+           "--num-samples", "16", "--bpd-images", "2"))  # fmt: skip
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["sde"] == "blur" and metrics["sampler"]["method"] == "dpm2m" and metrics["sampler"]["nfe"] == 10
+    assert np.isfinite(metrics["bits_per_dim"]["mean"]) and len(metrics["bits_per_dim"]["per_image"]) == 2
+    assert np.isfinite(metrics["frechet_distance"])
+    assert (workdir / "samples.png").is_file()
+    one_line_error(cli("--sde", "heat", "--sampler", "unipc", *TINY, "--workdir", str(tmp_path / "heat")), "unipc")

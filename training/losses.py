@@ -101,12 +101,17 @@ class DiffusionLoss(ABC):
     def perturb(self, sde: SDE, x0: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor]:
         """(x_t, t, eps): draw levels and build x_t = a x_0 + s Sigma^{1/2} eps with kernels.perturb."""
         from kernels import perturb
+        from kernels.noise import white_noise
 
         if x0.dim() != 4:
             raise ValueError(f"x0 must be a (B, C, H, W) batch, got shape {tuple(x0.shape)}")
         lv = self.levels(sde, x0.shape[0], seed)
         a, s = (v.to(device=x0.device, dtype=x0.dtype) for v in (lv.a, lv.s))
-        x_t, eps = perturb(x0, a, s, sde.cov, int(seed))
+        if sde.per_coefficient:  # the spectral family: x_t = U^T (a U x_0 + s U eps), the same white eps
+            eps = white_noise(int(seed), x0.shape[0], tuple(x0.shape[1:]), x0.dtype, x0.device)
+            x_t = sde.perturb(x0, eps, a, s)
+        else:
+            x_t, eps = perturb(x0, a, s, sde.cov, int(seed))
         return x_t, lv.t.to(device=x0.device, dtype=x0.dtype), eps
 
     def residual(self, model: nn.Module, sde: SDE, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
@@ -115,7 +120,7 @@ class DiffusionLoss(ABC):
         if self.prediction == "eps":
             return out.to(eps.dtype) - eps
         a, s = self.scale(sde)(t)
-        return eps_from_prediction(self.prediction, out, x_t.to(eps.dtype), a, s, sde.cov) - eps
+        return eps_from_prediction(self.prediction, out, x_t.to(eps.dtype), a, s, sde.cov, sde) - eps
 
     def __call__(self, model: nn.Module, sde: SDE, x0: Tensor, seed: int) -> Tensor:
         """mean over batch and pixels of residual^2 (the per-sample loss / D, docs/math.md §2-4)."""

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The two digits studies, one after the other, each resumable (rerun this script after any stop; finished rows
+# and trained models are kept): the paper's Table 1 question (digits_study.toml) and the spectral family
+# (spectral_study.toml). Each finished row is copied to benchmarks/results/ as it comes.
+# Usage: nohup bash benchmarks/studies.sh > runs/studies.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for name in digits_study spectral_study; do
+    python run.py study "benchmarks/$name.toml" --workers 2
+    cp "runs/$name/study.csv" "benchmarks/results/$name.csv"
+    python run.py study "benchmarks/$name.toml" --plots
+done

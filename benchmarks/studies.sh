@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The two digits studies, one after the other, each resumable (rerun this script after any stop; finished rows
 # and trained models are kept): the paper's Table 1 question (digits_study.toml) and the spectral family
-# (spectral_study.toml). Each finished row is copied to benchmarks/results/ as it comes.
+# (spectral_study.toml). Each study's CSV is copied to benchmarks/results/ and plotted when it finishes.
 # Usage: nohup bash benchmarks/studies.sh > runs/studies.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."

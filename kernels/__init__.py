@@ -7,6 +7,7 @@ Every non-isotropic step reduces to one of (docs/math.md §1.4, 2-4)
     x_next = ni_update(x, eps_theta, c_x, c_eps, c_z, cov, seed)
                                                            x_next = c_x x + Sigma^{1/2} (c_eps eps_theta + c_z z)
     score = score_scale(eps_theta, s, cov)                 score = -Sigma^{-1/2} eps_theta / s
+    y_next = spectral_update(y, e, c_y, c_e, c_z, seed)    y_next = c_y y + c_e e + c_z z, per element (§11)
 
 with per-sample coefficients (B,) (tensors or numbers). The white noise of perturb / ni_update for a seed is
 exactly gff_noise(cov, B, seed)'s eps, and sample i's noise depends only on (seed, i): the rule is in
@@ -33,7 +34,7 @@ from torch import Tensor
 from kernels import reference
 from sde_lib.covariance import Covariance
 
-__all__ = ["gff_noise", "perturb", "ni_update", "score_scale", "backend", "ENV_VAR"]
+__all__ = ["gff_noise", "perturb", "ni_update", "score_scale", "spectral_update", "backend", "ENV_VAR"]
 
 ENV_VAR = "NIDIFF_KERNELS"
 
@@ -127,3 +128,15 @@ def score_scale(eps_theta: Tensor, s: Tensor | float, cov: Covariance) -> Tensor
     """
     device = eps_theta.device if isinstance(eps_theta, Tensor) else "cpu"
     return _implementation(device, eps_theta, s).score_scale(eps_theta, s, cov)
+
+
+def spectral_update(
+    y: Tensor, e: Tensor, c_y: Tensor | float, c_e: Tensor | float, c_z: Tensor | float, seed: int | None
+) -> Tensor:
+    """y_next = c_y y + c_e e + c_z z elementwise: a step of the spectral family in its basis (docs/math.md §11).
+
+    y, e: (B, C, H, W) spectral coefficients; c_*: numbers or tensors broadcasting to y (per coefficient, e.g.
+    (1, C, H, W) or (B, C, H, W)); z = kernels.noise's white noise of `seed` (c_z = 0: none, seed may be None).
+    """
+    device = y.device if isinstance(y, Tensor) else "cpu"
+    return _implementation(device, y, e, c_y, c_e, c_z).spectral_update(y, e, c_y, c_e, c_z, seed)

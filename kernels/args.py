@@ -99,3 +99,18 @@ def coefficient(c: object, batch: int, dtype: torch.dtype, device: torch.device,
     if isinstance(c, bool) or not isinstance(c, numbers.Real):
         raise TypeError(f"{name} must be a real number or a tensor, got {type(c).__name__}")
     return torch.full((batch,), float(c), dtype=dtype, device=device)
+
+
+def coefficient_field(c: object, x: Tensor, dtype: torch.dtype, name: str) -> Tensor:
+    """A per-coefficient coefficient as a contiguous tensor of x's shape: a real number or a tensor that
+    broadcasts to x (e.g. (1, C, H, W) or (B, C, H, W))."""
+    if isinstance(c, Tensor):
+        if c.is_complex() or c.dtype == torch.bool:
+            raise TypeError(f"{name} must be real, got dtype {c.dtype}")
+        try:
+            return c.to(device=x.device, dtype=dtype).expand(x.shape).contiguous()
+        except RuntimeError:
+            raise ValueError(f"{name} of shape {tuple(c.shape)} does not broadcast to {tuple(x.shape)}") from None
+    if isinstance(c, bool) or not isinstance(c, numbers.Real):
+        raise TypeError(f"{name} must be a real number or a tensor, got {type(c).__name__}")
+    return torch.full(x.shape, float(c), dtype=dtype, device=x.device)

@@ -10,11 +10,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.args import check_cov, check_images, check_like, coefficient, compute_dtype, noise_request, noise_seed
+from kernels.args import (
+    check_cov,
+    check_images,
+    check_like,
+    coefficient,
+    coefficient_field,
+    compute_dtype,
+    noise_request,
+    noise_seed,
+)
 from kernels.noise import check_seed, white_noise
 from sde_lib.covariance import Covariance
 
-__all__ = ["gff_noise", "perturb", "ni_update", "score_scale"]
+__all__ = ["gff_noise", "perturb", "ni_update", "score_scale", "spectral_update"]
 
 
 def _per_sample(c: Tensor) -> Tensor:
@@ -92,3 +101,24 @@ def score_scale(eps_theta: Tensor, s: Tensor | float, cov: Covariance) -> Tensor
     B, work = eps_theta.shape[0], compute_dtype(eps_theta.dtype)
     s = _per_sample(coefficient(s, B, work, eps_theta.device, "s"))
     return (-cov.inv_sqrt_mul(eps_theta.to(work)) / s).to(eps_theta.dtype)
+
+
+def spectral_update(
+    y: Tensor, e: Tensor, c_y: Tensor | float, c_e: Tensor | float, c_z: Tensor | float, seed: int | None
+) -> Tensor:
+    """One per-coefficient step of the spectral family, c_y y + c_e e + c_z z elementwise (docs/math.md §11).
+
+    y, e: (B, C, H, W) coefficients in the SDE's spectral basis; c_*: numbers or tensors broadcasting to y's shape;
+    z ~ N(0, I) is the white noise of `seed` (kernels.noise; the basis is orthonormal, so it is white there too).
+    seed=None (only with c_z zero) or c_z = 0 (a number) draws no noise.
+    """
+    if not isinstance(y, Tensor) or y.dim() != 4 or not y.is_floating_point():
+        raise ValueError(f"y must be a floating-point (B, C, H, W) tensor, got {getattr(y, 'shape', type(y))}")
+    e = check_like(e, y, "e", "y")
+    work = compute_dtype(y.dtype)
+    out = coefficient_field(c_y, y, work, "c_y") * y.to(work) + coefficient_field(c_e, y, work, "c_e") * e.to(work)
+    seed = noise_seed(seed, c_z)
+    if seed is not None:
+        out = out + coefficient_field(c_z, y, work, "c_z") * white_noise(seed, y.shape[0], tuple(y.shape[1:]), work,
+                                                                         y.device)  # fmt: skip
+    return out.to(y.dtype)

@@ -84,8 +84,10 @@ def _pointwise_kernel(
     HAS_NOISE: tl.constexpr,
     STORE_NOISE: tl.constexpr,
     COMPUTE: tl.constexpr,
+    PER_ELEMENT: tl.constexpr = False,
 ):
-    """out = alpha x + beta u + gamma z on the (B C H, W) row view; coefficients per sample = row // (C H)."""
+    """out = alpha x + beta u + gamma z on the (B C H, W) row view; coefficients per sample = row // (C H), or per
+    element (PER_ELEMENT: alpha, beta, gamma have out's layout; the spectral family's per-coefficient steps)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     row_ok = rows < n_rows
@@ -94,18 +96,27 @@ def _pointwise_kernel(
     sample = rows // rows_per_sample
     out = tl.zeros((BLOCK_R, BLOCK_W), dtype=COMPUTE)
     if HAS_X:
-        alpha = tl.load(alpha_ptr + sample, mask=row_ok, other=0.0)
-        out += alpha[:, None] * tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+        out += _coefficient(alpha_ptr, sample, row_ok, offs, mask, PER_ELEMENT) * tl.load(
+            x_ptr + offs, mask=mask, other=0.0
+        ).to(COMPUTE)
     if HAS_U:
-        beta = tl.load(beta_ptr + sample, mask=row_ok, other=0.0)
-        out += beta[:, None] * tl.load(u_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+        out += _coefficient(beta_ptr, sample, row_ok, offs, mask, PER_ELEMENT) * tl.load(
+            u_ptr + offs, mask=mask, other=0.0
+        ).to(COMPUTE)
     if HAS_NOISE:
         z = _normals(seed, rows, Wo, tl.program_id(1) * (BLOCK_W // 8), BLOCK_W, COMPUTE)
         if STORE_NOISE:
             tl.store(noise_ptr + offs, z.to(noise_ptr.dtype.element_ty), mask=mask)
-        gamma = tl.load(gamma_ptr + sample, mask=row_ok, other=0.0)
-        out += gamma[:, None] * z
+        out += _coefficient(gamma_ptr, sample, row_ok, offs, mask, PER_ELEMENT) * z
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _coefficient(ptr, sample, row_ok, offs, mask, PER_ELEMENT: tl.constexpr):
+    """The (BLOCK_R, BLOCK_W) coefficients of a tile: per element, or the sample's, broadcast over its row."""
+    if PER_ELEMENT:
+        return tl.load(ptr + offs, mask=mask, other=0.0)
+    return tl.load(ptr + sample, mask=row_ok, other=0.0)[:, None]
 
 
 @triton.jit

@@ -42,7 +42,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.args import check_cov, check_images, check_like, coefficient, compute_dtype, noise_request, noise_seed
+from kernels.args import (
+    check_cov,
+    check_images,
+    check_like,
+    coefficient,
+    coefficient_field,
+    compute_dtype,
+    noise_request,
+    noise_seed,
+)
 from kernels.noise import NORMALS_PER_COUNTER, check_seed
 from kernels.triton_kernels import _pointwise_kernel, _spectral_kernel
 from sde_lib.covariance import Covariance, IdentityCovariance
@@ -55,6 +64,7 @@ __all__ = [
     "perturb",
     "ni_update",
     "score_scale",
+    "spectral_update",
 ]
 
 MAX_DFT_SIZE = 64  # images up to 64 x 64 are filtered inside the kernel; larger ones go through torch.fft
@@ -206,6 +216,7 @@ def _launch(out, cov, power, x, alpha, u, beta, seed, gamma, noise_out) -> None:
             **flags,
         )
         return
+    per_element = any(c is not None and c.dim() == 4 for c in (alpha, beta, gamma))  # spectral_update's layout
     rows = B * C * H
     BLOCK_W = min(triton.next_power_of_2(max(W, NORMALS_PER_COUNTER)), 256)
     BLOCK_R = max(1, _POINTWISE_ELEMENTS // BLOCK_W)
@@ -229,6 +240,7 @@ def _launch(out, cov, power, x, alpha, u, beta, seed, gamma, noise_out) -> None:
             BLOCK_W=BLOCK_W,
             HAS_X=x_ is not None,
             COMPUTE=_triton_dtype(work),
+            PER_ELEMENT=per_element,
             num_warps=8,
             **flags_,
         )
@@ -314,4 +326,27 @@ def score_scale(eps_theta: Tensor, s: Tensor | float, cov: Covariance) -> Tensor
     minus_inv_s = -1.0 / coefficient(s, B, work, eps_theta.device, "s")
     out = torch.empty_like(eps_theta, memory_format=torch.contiguous_format)
     _fused_step(out, cov, -0.5, u=eps_theta.contiguous(), beta=minus_inv_s.contiguous())
+    return out
+
+
+def spectral_update(
+    y: Tensor, e: Tensor, c_y: Tensor | float, c_e: Tensor | float, c_z: Tensor | float, seed: int | None
+) -> Tensor:
+    """c_y y + c_e e + c_z z per element (docs/math.md §11); see kernels.reference.spectral_update."""
+    e = check_like(e, y, "e", "y")
+    work = compute_dtype(y.dtype)
+    seed = noise_seed(seed, c_z)
+    gamma = None if seed is None else coefficient_field(c_z, y, work, "c_z")
+    out = torch.empty_like(y, memory_format=torch.contiguous_format)
+    _fused_step(
+        out,
+        IdentityCovariance(),
+        1.0,
+        x=y.contiguous(),
+        alpha=coefficient_field(c_y, y, work, "c_y"),
+        u=e.contiguous(),
+        beta=coefficient_field(c_e, y, work, "c_e"),
+        seed=seed,
+        gamma=gamma,
+    )
     return out

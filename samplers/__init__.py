@@ -17,14 +17,17 @@ Methods and their options (defaults in brackets; each module's docstring states 
 
 * "pc" (samplers.pc): predictor in {euler_maruyama, reverse_diffusion, ancestral, none} [euler_maruyama],
   corrector in {langevin, ald, none} [none], snr [0.16], n_corrector [1], denoise [True], eps [1e-3]; all SDEs.
+  The spectral family (blur, heat; docs/math.md §11) takes euler_maruyama or ancestral (the exact per-coefficient
+  posterior on any grid) without a corrector (samplers.spectral); "ode" and "dpm2m" take it too, the others not.
 * "ode" (samplers.ode): solver = any torchdiffeq method [dopri5], rtol [1e-5], atol [1e-5], eps [1e-3],
   denoise [True]; adaptive solvers take steps=None, fixed-grid ones need steps; all SDEs.
 * "ddpm" (samplers.discrete): var in {posterior, beta} [posterior]; SDEs with a discrete DDPM chain (VP, NIVP).
 * "ddim" (samplers.discrete): eta [0.0]; SDEs with a discrete DDPM chain.
 * "als", "cas" (samplers.smld): eps_step [6.2e-6], n_steps_each (als only) [5], harmonic_mean [False],
   denoise [True], eps [1e-3]; SDEs with NI-SMLD noise levels (VE, NI-VE).
-* "dpm2m" (samplers.dpm_solver): the few-step method: order in {1, 2} [2], schedule in {signal, logsnr, time}
-  [signal], warp [1.0], eps [1e-3], denoise [True]; every SDE. steps defaults to 20.
+* "dpm2m" (samplers.dpm_solver): the few-step method, per coefficient of the SDE's spectral basis (a step
+  h_k = Delta lambda_k each): order in {1, 2} [2], schedule in {signal, logsnr, time} [signal], warp [1.0],
+  eps [1e-3], denoise [True], per_frequency [True]; every SDE. steps defaults to 20.
 * "unipc" (samplers.unipc): multistep predictor of order in {1, 2, 3} [3] with the UniC corrector in {unic, none}
   [unic] (no extra evaluation), schedule in {signal, logsnr, time} [signal], eps [1e-3], denoise [True]; every SDE.
   steps defaults to 10. Closer to the ODE than dpm2m with exact scores; at 10 steps on a learned model, not always.

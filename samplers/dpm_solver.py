@@ -1,5 +1,5 @@
 """DPM-Solver++(2M): a multistep exponential integrator of the probability-flow ODE, for Sigma != I
-(docs/math.md §3, 4).
+(docs/math.md §3, 4), per coefficient of the SDE's spectral basis (§11).
 
 Derivation. Every SDE here is linear, x_t | x_0 ~ N(a(t) x_0, std(t)^2 Sigma) with drift f(t) x, f = d log a / dt,
 and g^2 = d std^2/dt - 2 f std^2 = -2 std^2 d lambda/dt for the half log-SNR lambda(t) = log(a / std). With
@@ -18,8 +18,12 @@ lambda_s, r = h_prev / h, phi = 1 - e^{-h})
     order 1:  x_t = (std_t / std_s) x_s + a_t phi x0_s   (= DDIM, eta = 0: a_t x0_s + std_t Sigma^{1/2} eps_s)
     order 2:  x_t = (std_t / std_s) x_s + a_t phi [(1 + 1/(2r)) x0_s - 1/(2r) x0_prev].
 
-As x0_j = (x_j - std_j Sigma^{1/2} eps_j) / a_j is linear in the stored (x_j, eps_j), each step is one `ni_update` of
-x_lin = sum_j u_j x_j and eps_lin = sum_j v_j eps_j (the multistep history enters as plain axpys, Sigma^{1/2} once).
+As x0_j = (x_j - std_j Sigma^{1/2} eps_j) / a_j is linear in the stored (x_j, eps_j), a step is sum_j u_j x_j +
+Sigma^{1/2} sum_j v_j eps_j. It is taken in the SDE's spectral basis (y = `to_spectral`(x), e = U eps), where
+Sigma^{1/2} is diagonal and the same formula holds per coefficient k with a_k, s_k, lambda_k and h_k = Delta lambda_k
+(docs/math.md §11): y_next = sum_j u_j,k y_j + v_j,k e_j, one `kernels.spectral_update` per history entry, two basis
+transforms a step (eps in, the state out). For the scalar SDEs every u_j is a number and v_j = v_j sqrt(Sigma_k):
+the step above, exactly.
 
 Grid: the model is evaluated at t_0 = T > ... > t_{K-1} = eps, uniform in t ("time"), in lambda ("logsnr") or in
 rho(lambda) = log(1 + e^{lambda - lambda_0}), lambda_0 = -3.5 ("signal", the default here and in samplers.unipc):
@@ -37,6 +41,8 @@ import math
 
 import torch
 from torch import Tensor
+
+import kernels
 
 from .common import DEFAULT_EPS, Run, check_eps
 
@@ -170,6 +176,6 @@ def sample_dpm2m(
         u, v = exponential_step_weights(
             [a[j] for j in idx], [std[j] for j in idx], [lam[j] for j in idx], a[k + 1], std[k + 1], lam[k + 1], use
         )
-        y = sum(u_j.to(x) * y_j + v_j.to(x) * e_j for u_j, v_j, (y_j, e_j) in zip(u, v, history))
+        y = sum(kernels.spectral_update(y_j, e_j, u_j, v_j, 0.0, None) for u_j, v_j, (y_j, e_j) in zip(u, v, history))
         x = run.accept(sde.from_spectral(y), k, t)
     return x

@@ -14,7 +14,8 @@ s_k^2, has
   into the data (u = 0: a = 1, s = 0) it is x0 itself. On the discrete DDPM grid this is DDPM's posterior sampler.
 
 The time grid is `dpm_solver.solver_times` on the SDE's clock (`log_snr`: the mean lambda for the spectral family);
-z is the white noise of a fresh per-step seed (kernels.noise), drawn in the basis (U is orthonormal).
+z is the white noise of a fresh per-step seed (kernels.noise), drawn in the basis (U is orthonormal); each step is one
+`kernels.spectral_update` (c_y y + c_e e + c_z z per coefficient).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.noise import white_noise
+import kernels
 
 from .common import Run
 
@@ -60,18 +61,15 @@ def sample_spectral_pc(run: Run, times: Tensor, predictor: str, denoise: bool) -
         e = sde.to_spectral(run.eps(x, tt))
         if predictor == "euler_maruyama":
             dt = t - u
-            mean = y - (f * y - 2 * dlam * s * e) * dt
-            std = (-2 * dlam * s**2 * dt).clamp_min(0).sqrt()
+            c_y, c_e, c_z = 1 - f * dt, 2 * dlam * s * dt, (-2 * dlam * s**2 * dt).clamp_min(0).sqrt()
         elif u == 0:
-            mean, std = (y - s * e) / a, torch.zeros_like(y)
+            c_y, c_e, c_z = 1 / a, -s / a, 0.0
         else:
             a_u, s_u = (v.to(y) for v in sde.spectral_scales(run.time(u).double().cpu()))
             r = a / a_u
             var = s**2 - (r * s_u) ** 2
-            mean = (var * a_u * (y - s * e) / a + r * s_u**2 * y) / s**2
-            std = (s_u**2 * var / s**2).clamp_min(0).sqrt()
-        if not (denoise and last):
-            mean = mean + std * white_noise(run.seed(), run.batch, tuple(y.shape[1:]), y.dtype, y.device)
-        y = mean
+            c_y, c_e, c_z = (var * a_u / a + r * s_u**2) / s**2, -var * a_u / (a * s), (s_u**2 * var).sqrt() / s
+        noise = not (denoise and last) and not isinstance(c_z, float)
+        y = kernels.spectral_update(y, e, c_y, c_e, c_z if noise else 0.0, run.seed() if noise else None)
         x = run.accept(sde.from_spectral(y), k, t)
     return x

@@ -327,3 +327,42 @@ def oracle_sde(name: str, cov: Covariance, **options) -> SDE:
     if name in ("vp", "ve"):
         return {"vp": VPSDE, "ve": VESDE}[name](shape=cov.shape, **options)
     return {"nivp": NIVPSDE, "subvp": SubVPSDE, "nive": NIVESDE}[name](cov=cov, **options)
+
+
+# ---- the spectral family (docs/math.md §11): data diagonal in an SDE's basis ------------------------------------
+class DiagonalGaussian:
+    """Data whose coefficients in the SDE's basis are independent, y0_k ~ N(mu_k, v_k): the marginal at t is
+    N(a_k mu_k, a_k^2 v_k + s_k^2), the exact eps e_k = s_k (y_k - a_k mu_k) / (a_k^2 v_k + s_k^2), and the
+    probability flow keeps each coefficient's standardised value (y_k - a_k mu_k) / sqrt(a_k^2 v_k + s_k^2)."""
+
+    def __init__(self, mu, var):
+        self.mu, self.var = mu, var
+
+    @classmethod
+    def random(cls, sde, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        shape = sde.cov.shape
+        mean = 0.5 * torch.randn(shape, generator=g, dtype=torch.float64)
+        return cls(mean, 0.05 + 0.5 * torch.rand(shape, generator=g, dtype=torch.float64))
+
+    def standardise(self, sde, y, t):
+        a, s = sde.spectral_scales(torch.tensor([t], dtype=torch.float64))
+        return a * self.mu, torch.sqrt(a**2 * self.var + s**2)
+
+    def model(self, sde):
+        """The exact white-noise predictor as a samplers.ScoreModel at the SDE's marginal scales."""
+
+        def eps(x, t):
+            a, s = sde.spectral_scales(t)
+            y = sde.to_spectral(x)
+            return sde.from_spectral(s * (y - a * self.mu) / (a**2 * self.var + s**2))
+
+        from samplers import ScoreModel
+
+        return ScoreModel(sde, eps, "eps", sde.marginal)
+
+    def flow(self, sde, y_T, t: float):
+        """The exact probability-flow map of y_T from T to t."""
+        m_T, sd_T = self.standardise(sde, y_T, sde.T)
+        m_t, sd_t = self.standardise(sde, y_T, t)
+        return m_t + sd_t * (y_T - m_T) / sd_T

@@ -305,3 +305,17 @@ def test_spectral_covariance_from_data_goes_through_the_same_path():
     eps, g = kernels.gff_noise(cov, 3, 8, dtype=torch.float64)
     torch.testing.assert_close(g, apply_dense(dense_power(cov, 0.5), eps), rtol=0, atol=1e-10)
     assert np.isfinite(g.numpy()).all()
+
+
+def test_spectral_update_is_the_per_coefficient_axpy_with_the_noise_rule():
+    """kernels.spectral_update (docs/math.md §11) = c_y y + c_e e + c_z z elementwise, z the seed's white noise;
+    coefficients broadcast from (1, C, H, W); one that does not broadcast is refused."""
+    ref = reference
+    g = torch.Generator().manual_seed(0)
+    y, e = (torch.randn(3, 2, 4, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    c_y, c_e, c_z = (torch.rand(1, 2, 4, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    want = c_y * y + c_e * e + c_z * noise.white_noise(7, 3, (2, 4, 8), torch.float64, y.device)
+    torch.testing.assert_close(ref.spectral_update(y, e, c_y, c_e, c_z, 7), want, rtol=0, atol=1e-15)
+    torch.testing.assert_close(ref.spectral_update(y, e, 2.0, c_e, 0.0, None), 2 * y + c_e * e, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        ref.spectral_update(y, e, torch.ones(2, 2, 4, 8), 1.0, 0.0, None)

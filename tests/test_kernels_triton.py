@@ -25,4 +25,4 @@ def test_triton_kernels_match_reference_in_the_interpreter():
     assert proc.returncode == 0, report
     passed = re.search(r"(\d+) passed", proc.stdout)
     # every case except the GPU-only bfloat16 ones must have run
-    assert passed and int(passed.group(1)) >= 19, report
+    assert passed and int(passed.group(1)) >= 23, report

@@ -12,6 +12,7 @@ from samplers import ScoreModel, sample
 from samplers.common import Run
 from sde_lib import NIVPSDE, VPSDE, BlurSDE, DCTBasis, GFFCovariance, HeatSDE, SpectralSDE, make_sde
 from sde_lib.spectral import dct_matrix
+from tests.gaussian_oracle import DiagonalGaussian
 
 F64 = torch.float64
 SHAPE = (1, 8, 8)
@@ -147,41 +148,6 @@ def test_vp_and_nivp_as_spectral_members_equal_the_existing_classes(power):
         for s in (member, existing)
     ]
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=1e-10)
-
-
-class DiagonalGaussian:
-    """Data whose coefficients in the SDE's basis are independent, y0_k ~ N(mu_k, v_k): the marginal at t is
-    N(a_k mu_k, a_k^2 v_k + s_k^2), the exact eps e_k = s_k (y_k - a_k mu_k) / (a_k^2 v_k + s_k^2), and the
-    probability flow keeps each coefficient's standardised value (y_k - a_k mu_k) / sqrt(a_k^2 v_k + s_k^2)."""
-
-    def __init__(self, mu, var):
-        self.mu, self.var = mu, var
-
-    @classmethod
-    def random(cls, sde, seed: int):
-        g = torch.Generator().manual_seed(seed)
-        shape = sde.cov.shape
-        return cls(
-            0.5 * torch.randn(shape, generator=g, dtype=F64), 0.05 + 0.5 * torch.rand(shape, generator=g, dtype=F64)
-        )
-
-    def standardise(self, sde, y, t):
-        a, s = sde.spectral_scales(torch.tensor([t], dtype=F64))
-        return a * self.mu, torch.sqrt(a**2 * self.var + s**2)
-
-    def model(self, sde) -> ScoreModel:
-        def eps(x, t):
-            a, s = sde.spectral_scales(t)
-            y = sde.to_spectral(x)
-            return sde.from_spectral(s * (y - a * self.mu) / (a**2 * self.var + s**2))
-
-        return ScoreModel(sde, eps, "eps", sde.marginal)
-
-    def flow(self, sde, y_T, t: float):
-        """The exact probability-flow map of y_T from T to t."""
-        m_T, sd_T = self.standardise(sde, y_T, sde.T)
-        m_t, sd_t = self.standardise(sde, y_T, t)
-        return m_t + sd_t * (y_T - m_T) / sd_T
 
 
 def _flow_error(sde, data, steps: int, per_frequency: bool, B: int = 64) -> float:

@@ -85,6 +85,21 @@ def test_kernels_match_reference(name, dtype):
         assert_matches(triton_ops.score_scale(eps_theta, c_z, cov), reference.score_scale(eps_theta, c_z, cov))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (2, 8, 24)])
+def test_spectral_update_matches_reference(shape, dtype):
+    """The spectral family's per-coefficient step (docs/math.md §11): coefficients per element, (1, C, H, W)
+    broadcast over the batch or (B, C, H, W), with and without noise."""
+    gen = torch.Generator().manual_seed(4)
+    y, e = (torch.randn(B, *shape, generator=gen, dtype=torch.float64).to(DEVICE, dtype) for _ in range(2))
+    c_y, c_e = (torch.rand(1, *shape, generator=gen, dtype=torch.float64).to(DEVICE, dtype) for _ in range(2))
+    c_z = torch.rand(B, *shape, generator=gen, dtype=torch.float64).to(DEVICE, dtype)
+    assert_matches(triton_ops.spectral_update(y, e, c_y, c_e, c_z, 2**40 + 3),
+                   reference.spectral_update(y, e, c_y, c_e, c_z, 2**40 + 3))  # fmt: skip
+    assert_matches(triton_ops.spectral_update(y, e, c_y, 0.5, 0.0, None),
+                   reference.spectral_update(y, e, c_y, 0.5, 0.0, None))  # fmt: skip
+
+
 def test_data_matched_spectrum():
     gen = torch.Generator().manual_seed(3)
     images = torch.cumsum(torch.randn(32, 2, 12, 12, generator=gen, dtype=torch.float64), dim=-1)

@@ -27,7 +27,8 @@ Methods and their options (defaults in brackets; each module's docstring states 
   denoise [True], eps [1e-3]; SDEs with NI-SMLD noise levels (VE, NI-VE).
 * "dpm2m" (samplers.dpm_solver): the few-step method, per coefficient of the SDE's spectral basis (a step
   h_k = Delta lambda_k each): order in {1, 2} [2], schedule in {signal, logsnr, time} [signal], warp [1.0],
-  eps [1e-3], denoise [True], per_frequency [True]; every SDE. steps defaults to 20.
+  eps [1e-3], denoise [True], per_frequency [True], clip_x0 [None] (run.py passes 1: images in [-1, 1]); every
+  SDE. steps defaults to 20.
 * "unipc" (samplers.unipc): multistep predictor of order in {1, 2, 3} [3] with the UniC corrector in {unic, none}
   [unic] (no extra evaluation), schedule in {signal, logsnr, time} [signal], eps [1e-3], denoise [True]; every SDE.
   steps defaults to 10. Closer to the ODE than dpm2m with exact scores; at 10 steps on a learned model, not always.

@@ -270,3 +270,29 @@ def test_the_losses_perturb_per_coefficient_and_every_prediction_gives_the_same_
     pairs = (("eps", exact_eps), (prediction, network))
     losses = [DSMLoss(prediction=p).residual(net, sde, x_t, t, eps) for p, net in pairs]
     torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=1e-9)
+
+
+def test_dpm2m_clips_the_data_prediction_in_pixel_space():
+    """clip_x0 = c: the samples (the last data prediction) lie in [-c, c]; a bound no prediction reaches changes
+    nothing (the implied eps is the model's own)."""
+    sde = BlurSDE(SHAPE)
+    data = DiagonalGaussian.random(sde, seed=14)
+    runs = {
+        c: sample(
+            sde, data.model(sde), (16, *SHAPE), "dpm2m", 10, torch.Generator().manual_seed(1), dtype=F64, clip_x0=c
+        )[0]  # fmt: skip
+        for c in (None, 1e6, 0.5)
+    }
+    torch.testing.assert_close(runs[1e6], runs[None], rtol=0, atol=1e-9)
+    assert float(runs[0.5].abs().max()) <= 0.5 + 1e-12 and float(runs[None].abs().max()) > 0.5
+    with pytest.raises(ValueError, match="clip_x0 must be None or a positive number"):
+        sample(sde, data.model(sde), (2, *SHAPE), "dpm2m", 2, clip_x0=-1.0)
+
+
+def test_the_training_prediction_reaches_the_loss_and_ncsn_keeps_its_own():
+    from training import TrainConfig, loss_for
+
+    assert loss_for(TrainConfig(workdir="w", prediction="v")).prediction == "v"
+    assert loss_for(TrainConfig(workdir="w", loss="ddpm", prediction="x0")).prediction == "x0"
+    with pytest.raises(ValueError, match="prediction must be 'eps', 'x0' or 'v'"):
+        TrainConfig(workdir="w", sde="ve", loss="ncsn", prediction="x0")

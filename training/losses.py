@@ -228,9 +228,12 @@ def get_loss(name: str) -> DiffusionLoss:
 
 
 def loss_for(cfg) -> DiffusionLoss:
-    """The loss of a training.TrainConfig: its `loss`, with the `time_sampling` of "dsm"."""
+    """The loss of a training.TrainConfig: its `loss` and `prediction`, with the `time_sampling` of "dsm"."""
     if cfg.loss == "dsm":
-        return DSMLoss(time_sampling=cfg.time_sampling, lognormal=(cfg.lognormal_mean, cfg.lognormal_std))
+        return DSMLoss(prediction=cfg.prediction, time_sampling=cfg.time_sampling,
+                       lognormal=(cfg.lognormal_mean, cfg.lognormal_std))  # fmt: skip
+    if cfg.loss == "ddpm":
+        return NIDDPMLoss(prediction=cfg.prediction)
     return get_loss(cfg.loss)
 
 

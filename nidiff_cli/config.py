@@ -97,7 +97,7 @@ class TrainingSection:
     """The optimisation (training.TrainConfig): loss, steps, batch, AdamW, EMA, precision and periods."""
 
     loss: str = _TRAIN["loss"]
-    prediction: str = _TRAIN["prediction"]
+    prediction: str | None = _TRAIN["prediction"]
     time_sampling: str = _TRAIN["time_sampling"]
     lognormal_mean: float = _TRAIN["lognormal_mean"]
     lognormal_std: float = _TRAIN["lognormal_std"]

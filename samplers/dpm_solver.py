@@ -163,8 +163,8 @@ def sample_dpm2m(
 
     clip_x0 = c clips each data prediction x0 = U^T ((y - s e) / a) to [-c, c] in pixel space (DPM-Solver++'s
     thresholding, for images in [-1, 1]: c = 1) and steps with the eps that this x0 implies, e = (y - a U x0) / s.
-    An eps-network's error is multiplied by s_k / a_k in x0, which reaches 1 / d_min = 1000 on the blurred
-    frequencies of blur and heat; without the clip their few-step samples diverge (docs/math.md §11)."""
+    An eps-network's error is multiplied by s_k / a_k in x0, up to 1 / d_min = 1000 on the blurred frequencies of
+    blur and heat; their networks predict v by default, which keeps x0 bounded (sde_lib.default_prediction)."""
     sde = run.sde
     eps = check_eps(sde, eps)
     if order not in (1, 2):

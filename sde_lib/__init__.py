@@ -1,7 +1,7 @@
 """The mathematical core of nidiff: noise covariances and SDEs (docs/math.md §1-4)."""
 
 from .covariance import Covariance, GFFCovariance, IdentityCovariance, SpectralCovariance, frequency_norm
-from .factory import COLOURED_SDE_NAMES, SDE_NAMES, SPECTRAL_SDE_NAMES, make_sde
+from .factory import COLOURED_SDE_NAMES, SDE_NAMES, SPECTRAL_SDE_NAMES, default_prediction, make_sde
 from .prediction import PREDICTIONS, eps_from_prediction, tweedie_coefficients
 from .quantization import dequantize, nats_to_bpd
 from .reverse import ReverseSDE
@@ -39,6 +39,7 @@ __all__ = [
     "SPECTRAL_SDE_NAMES",
     "COLOURED_SDE_NAMES",
     "make_sde",
+    "default_prediction",
     "dequantize",
     "nats_to_bpd",
 ]

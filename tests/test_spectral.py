@@ -289,9 +289,14 @@ def test_dpm2m_clips_the_data_prediction_in_pixel_space():
         sample(sde, data.model(sde), (2, *SHAPE), "dpm2m", 2, clip_x0=-1.0)
 
 
-def test_the_training_prediction_reaches_the_loss_and_ncsn_keeps_its_own():
+def test_the_training_prediction_defaults_per_sde_reaches_the_loss_and_ncsn_keeps_its_own():
     from training import TrainConfig, loss_for
 
+    assert (
+        TrainConfig(workdir="w", sde="blur").prediction == "v"
+        and TrainConfig(workdir="w", sde="heat").prediction == "v"
+    )
+    assert TrainConfig(workdir="w", sde="nivp").prediction == "eps"  # sde_lib.default_prediction
     assert loss_for(TrainConfig(workdir="w", prediction="v")).prediction == "v"
     assert loss_for(TrainConfig(workdir="w", loss="ddpm", prediction="x0")).prediction == "x0"
     with pytest.raises(ValueError, match="prediction must be 'eps', 'x0' or 'v'"):

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from sde_lib import SDE_NAMES
+from sde_lib import SDE_NAMES, default_prediction
 
 __all__ = [
     "TrainConfig",
@@ -72,8 +72,8 @@ class TrainConfig:
     loss          "dsm" (continuous, eps-parameterised), "ddpm" (NI-DDPM discrete, VP family), "ncsn"
                   (unconditional u(x), score u / sigma, VE family).
     prediction    what the network outputs for "dsm" / "ddpm": "eps", "x0" or "v" (sde_lib.PREDICTIONS; the loss
-                  is the same eps regression, docs/math.md §2). x0 or v keep the data prediction bounded where the
-                  signal scale a_k is tiny (the blurred frequencies of blur and heat, §11).
+                  is the same eps regression, docs/math.md §2); None: sde_lib.default_prediction(sde), "v" for blur
+                  and heat (whose data prediction an eps-network cannot keep bounded, §11), "eps" otherwise.
     time_sampling "dsm": t ~ U(0, 1) ("uniform"), or "lognormal": ln(std(t) / a(t)) ~ N(lognormal_mean,
                   lognormal_std^2), i.e. the loss weighted by that density of t (training.losses.DSMLoss).
     steps         total optimiser steps (a resumed run continues to this number).
@@ -109,7 +109,7 @@ class TrainConfig:
     dc: str = "one"
     noise: str = "gff"
     loss: str = "dsm"
-    prediction: str = "eps"
+    prediction: str | None = None
     time_sampling: str = "uniform"
     lognormal_mean: float = -1.2
     lognormal_std: float = 1.2
@@ -149,6 +149,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        if self.prediction is None:
+            self.prediction = default_prediction(self.sde)
         if self.prediction not in ("eps", "x0", "v") or (self.loss == "ncsn" and self.prediction != "eps"):
             raise ValueError(f"prediction must be 'eps', 'x0' or 'v' (and 'eps' for the ncsn loss, whose network "
                              f"predicts u), got {self.prediction!r} with loss {self.loss!r}")  # fmt: skip

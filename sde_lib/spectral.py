@@ -173,7 +173,21 @@ class SpectralSDE(SDE):
                              "negative")  # fmt: skip
 
 
-class BlurSDE(SpectralSDE):
+class _DCTSchedule(SpectralSDE):
+    """What blur and heat share: the DCT-II basis with white noise, Lambda_k, sigma_B,max (default 20 H / 32) and
+    d_min (docs/math.md §11.1)."""
+
+    def __init__(self, shape: tuple[int, int, int], N: int, sigma_blur_max: float | None, d_min: float):
+        basis = DCTBasis(shape)
+        super().__init__(basis, N, basis.shape)
+        self.sigma_blur_max = 20.0 * basis.shape[1] / 32 if sigma_blur_max is None else float(sigma_blur_max)
+        if not 0 < d_min < 1:
+            raise ValueError(f"d_min must lie in (0, 1), got {d_min}")
+        self.d_min = float(d_min)
+        self._freq = basis.frequencies()
+
+
+class BlurSDE(_DCTSchedule):
     """Blurring diffusion (Hoogeboom & Salimans 2023; docs/math.md §11.2) on the VP SDE's alpha, sigma."""
 
     def __init__(
@@ -185,14 +199,8 @@ class BlurSDE(SpectralSDE):
         sigma_blur_max: float | None = None,
         d_min: float = D_MIN,
     ):
-        basis = DCTBasis(shape)
-        super().__init__(basis, N, basis.shape)
+        super().__init__(shape, N, sigma_blur_max, d_min)
         self.vp = NIVPSDE(beta_min, beta_max, N, cov=self.cov)
-        self.sigma_blur_max = 20.0 * basis.shape[1] / 32 if sigma_blur_max is None else float(sigma_blur_max)
-        if not 0 < d_min < 1:
-            raise ValueError(f"d_min must lie in (0, 1), got {d_min}")
-        self.d_min = float(d_min)
-        self._freq = basis.frequencies()
         self.check_monotone()
 
     def log_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -204,7 +212,7 @@ class BlurSDE(SpectralSDE):
         return log_alpha[:, None, None, None] + log_d, log_sigma[:, None, None, None]
 
 
-class HeatSDE(SpectralSDE):
+class HeatSDE(_DCTSchedule):
     """Inverse heat dissipation (Rissanen et al. 2023; docs/math.md §11.3) with noise on every coefficient."""
 
     def __init__(
@@ -217,18 +225,13 @@ class HeatSDE(SpectralSDE):
         sigma_max: float = 50.0,
         d_min: float = D_MIN,
     ):
-        basis = DCTBasis(shape)
-        super().__init__(basis, N, basis.shape)
+        super().__init__(shape, N, sigma_blur_max, d_min)
         self.sigma_blur_min = float(sigma_blur_min)
-        self.sigma_blur_max = 20.0 * basis.shape[1] / 32 if sigma_blur_max is None else float(sigma_blur_max)
         if not 0 < self.sigma_blur_min < self.sigma_blur_max:
             raise ValueError(f"need 0 < sigma_blur_min < sigma_blur_max, got {sigma_blur_min}, {self.sigma_blur_max}")
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        if not 0 < d_min < 1:
-            raise ValueError(f"d_min must lie in (0, 1), got {d_min}")
-        self.sigma_min, self.sigma_max, self.d_min = float(sigma_min), float(sigma_max), float(d_min)
-        self._freq = basis.frequencies()
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.check_monotone()
 
     def log_scales(self, t: Tensor) -> tuple[Tensor, Tensor]:

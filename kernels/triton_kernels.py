@@ -96,27 +96,28 @@ def _pointwise_kernel(
     sample = rows // rows_per_sample
     out = tl.zeros((BLOCK_R, BLOCK_W), dtype=COMPUTE)
     if HAS_X:
-        out += _coefficient(alpha_ptr, sample, row_ok, offs, mask, PER_ELEMENT) * tl.load(
-            x_ptr + offs, mask=mask, other=0.0
-        ).to(COMPUTE)
+        alpha = _coefficient(alpha_ptr, sample, row_ok, offs, mask, BLOCK_R, BLOCK_W, PER_ELEMENT)
+        out += alpha * tl.load(x_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     if HAS_U:
-        out += _coefficient(beta_ptr, sample, row_ok, offs, mask, PER_ELEMENT) * tl.load(
-            u_ptr + offs, mask=mask, other=0.0
-        ).to(COMPUTE)
+        beta = _coefficient(beta_ptr, sample, row_ok, offs, mask, BLOCK_R, BLOCK_W, PER_ELEMENT)
+        out += beta * tl.load(u_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     if HAS_NOISE:
         z = _normals(seed, rows, Wo, tl.program_id(1) * (BLOCK_W // 8), BLOCK_W, COMPUTE)
         if STORE_NOISE:
             tl.store(noise_ptr + offs, z.to(noise_ptr.dtype.element_ty), mask=mask)
-        out += _coefficient(gamma_ptr, sample, row_ok, offs, mask, PER_ELEMENT) * z
+        out += _coefficient(gamma_ptr, sample, row_ok, offs, mask, BLOCK_R, BLOCK_W, PER_ELEMENT) * z
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _coefficient(ptr, sample, row_ok, offs, mask, PER_ELEMENT: tl.constexpr):
+def _coefficient(ptr, sample, row_ok, offs, mask, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+                 PER_ELEMENT: tl.constexpr):  # fmt: skip
     """The (BLOCK_R, BLOCK_W) coefficients of a tile: per element, or the sample's, broadcast over its row."""
     if PER_ELEMENT:
-        return tl.load(ptr + offs, mask=mask, other=0.0)
-    return tl.load(ptr + sample, mask=row_ok, other=0.0)[:, None]
+        c = tl.load(ptr + offs, mask=mask, other=0.0)
+    else:
+        c = tl.broadcast_to(tl.load(ptr + sample, mask=row_ok, other=0.0)[:, None], (BLOCK_R, BLOCK_W))
+    return c
 
 
 @triton.jit

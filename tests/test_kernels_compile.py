@@ -142,10 +142,12 @@ def test_seed_and_row_count_do_not_specialise_the_kernel(kernel):
     assert len(keys) == 1, keys
 
 
-@pytest.mark.parametrize("op", ["ni_update", "score_scale"])
-def test_pointwise_kernel_compiles_for_gpu(op):
+@pytest.mark.parametrize("op, per_element", [("ni_update", False), ("score_scale", False), ("ni_update", True)])
+def test_pointwise_kernel_compiles_for_gpu(op, per_element):
+    """Per-sample coefficients, and per-element ones (kernels.spectral_update, the spectral family's step)."""
     BLOCK_W = 128
-    constants = dict(BLOCK_R=triton_ops._POINTWISE_ELEMENTS // BLOCK_W, BLOCK_W=BLOCK_W, **_flags(op))
+    constants = dict(BLOCK_R=triton_ops._POINTWISE_ELEMENTS // BLOCK_W, BLOCK_W=BLOCK_W, PER_ELEMENT=per_element,
+                     **_flags(op))  # fmt: skip
     compiled = compile_kernel(triton_ops._pointwise_kernel, 90, "bf16", torch.float32, constants, num_warps=8)
     assert len(compiled.asm["cubin"]) > 0
 

@@ -26,7 +26,8 @@ Methods and their options (defaults in brackets; each module's docstring states 
 * "als", "cas" (samplers.smld): eps_step [6.2e-6], n_steps_each (als only) [5], harmonic_mean [False],
   denoise [True], eps [1e-3]; SDEs with NI-SMLD noise levels (VE, NI-VE).
 * "dpm2m" (samplers.dpm_solver): the few-step method, per coefficient of the SDE's spectral basis (a step
-  h_k = Delta lambda_k each): order in {1, 2} [2], schedule in {signal, logsnr, time} [signal], warp [1.0],
+  h_k = Delta lambda_k each): order in {1, 2} [2], schedule in {signal, logsnr, time} [the SDE's few_step_grid:
+  signal; logsnr for blur and heat], warp [1.0],
   eps [1e-3], denoise [True], per_frequency [True], clip_x0 [None] (run.py passes 1: images in [-1, 1]); every
   SDE. steps defaults to 20.
 * "unipc" (samplers.unipc): multistep predictor of order in {1, 2, 3} [3] with the UniC corrector in {unic, none}

@@ -149,7 +149,7 @@ def sample_dpm2m(
     run: Run,
     steps: int | None,
     order: int = 2,
-    schedule: str = "signal",
+    schedule: str | None = None,
     warp: float = 1.0,
     eps: float = DEFAULT_EPS,
     denoise: bool = True,
@@ -159,7 +159,8 @@ def sample_dpm2m(
     """DPM-Solver++(2M) (order=2) or DPM-Solver++(1) = DDIM (order=1) with `steps` model evaluations (default 20),
     per coefficient of the SDE's spectral basis (docs/math.md §11): a step h_k = Delta lambda_k per coefficient on
     the shared time grid. per_frequency=False takes the mean lambda's step for every coefficient (the scalar-lambda
-    solver, for comparison: it does not converge on the blurring schedules).
+    solver, for comparison: it does not converge on the blurring schedules). schedule None is the SDE's
+    `few_step_grid`: "signal", or "logsnr" for the spectral family.
 
     clip_x0 = c clips each data prediction x0 = U^T ((y - s e) / a) to [-c, c] in pixel space (DPM-Solver++'s
     thresholding, for images in [-1, 1]: c = 1) and steps with the eps that this x0 implies, e = (y - a U x0) / s.
@@ -172,6 +173,7 @@ def sample_dpm2m(
     if clip_x0 is not None and (isinstance(clip_x0, bool) or not isinstance(clip_x0, (int, float)) or clip_x0 <= 0):
         raise ValueError(f"clip_x0 must be None or a positive number, got {clip_x0!r}")
     steps = 20 if steps is None else steps
+    schedule = sde.few_step_grid if schedule is None else schedule
     times, a, std, lam = spectral_grid(sde, steps, eps, schedule, warp, denoise, per_frequency)
     x = run.prior()
     y = sde.to_spectral(x)

@@ -70,6 +70,12 @@ class SDE(ABC):
         return 1.0
 
     @property
+    def few_step_grid(self) -> str:
+        """The time grid of the few-step solvers unless told (samplers.dpm_solver.SCHEDULES): "signal"
+        (docs/math.md §3.1); the spectral family's is "logsnr" (§11)."""
+        return "signal"
+
+    @property
     def per_coefficient(self) -> bool:
         """False: x_t = a(t) x_0 + std(t) Sigma^{1/2} eps with scalar a, std (`marginal`). True for the spectral
         family (sde_lib.spectral), whose `marginal` gives per-coefficient (a, s) in the spectral basis."""

@@ -129,6 +129,12 @@ class SpectralSDE(SDE):
     def per_coefficient(self) -> bool:
         return True
 
+    @property
+    def few_step_grid(self) -> str:
+        """ "logsnr": the "signal" grid's first step keeps its size whatever the step count, which the spread
+        lambda_k of this family feel (digits, heat, dpm2m at 10 steps: FD 814 on "signal", 43 on "logsnr")."""
+        return "logsnr"
+
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(a, s) per coefficient of the spectral basis, each (B, C, H, W): x_t = U^T (a U x_0 + s U eps)."""
         return self.spectral_scales(t)

@@ -301,3 +301,13 @@ def test_the_training_prediction_defaults_per_sde_reaches_the_loss_and_ncsn_keep
     assert loss_for(TrainConfig(workdir="w", loss="ddpm", prediction="x0")).prediction == "x0"
     with pytest.raises(ValueError, match="prediction must be 'eps', 'x0' or 'v'"):
         TrainConfig(workdir="w", sde="ve", loss="ncsn", prediction="x0")
+
+
+def test_the_family_steps_on_the_log_snr_grid_unless_told():
+    """dpm2m's default grid is the SDE's few_step_grid: "logsnr" for blur and heat, "signal" for the scalar SDEs."""
+    sde = HeatSDE(SHAPE)
+    data = DiagonalGaussian.random(sde, seed=15)
+    runs = [sample(sde, data.model(sde), (4, *SHAPE), "dpm2m", 8, torch.Generator().manual_seed(0), dtype=F64,
+                   **options)[0] for options in ({}, {"schedule": "logsnr"})]  # fmt: skip
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+    assert BlurSDE(SHAPE).few_step_grid == "logsnr" and VPSDE(shape=SHAPE).few_step_grid == "signal"

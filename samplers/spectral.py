@@ -33,9 +33,13 @@ SPECTRAL_PREDICTORS = ("euler_maruyama", "ancestral")
 
 
 def flow_coefficients(sde, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(f, lambda', a, s) per coefficient at times t (B,), in `like`'s dtype and device."""
-    f, dlam = sde.spectral_rates(t.detach().double().cpu())
-    a, s = sde.spectral_scales(t.detach().double().cpu())
+    """(f, lambda', a, s) per coefficient at times t (B,), in `like`'s dtype and device; a batch at one time (every
+    sampler step, every likelihood evaluation) is computed once and broadcast."""
+    t = t.detach().double().cpu()
+    if len(t) > 1 and bool(t.min() == t.max()):
+        t = t[:1]
+    f, dlam = sde.spectral_rates(t)
+    a, s = sde.spectral_scales(t)
     return tuple(v.to(like.device, like.dtype) for v in (f, dlam, a, s))
 
 
@@ -65,7 +69,7 @@ def sample_spectral_pc(run: Run, times: Tensor, predictor: str, denoise: bool) -
         elif u == 0:
             c_y, c_e, c_z = 1 / a, -s / a, 0.0
         else:
-            a_u, s_u = (v.to(y) for v in sde.spectral_scales(run.time(u).double().cpu()))
+            a_u, s_u = (v.to(y) for v in sde.spectral_scales(torch.tensor([u], dtype=torch.float64)))
             r = a / a_u
             var = s**2 - (r * s_u) ** 2
             c_y, c_e, c_z = (var * a_u / a + r * s_u**2) / s**2, -var * a_u / (a * s), (s_u**2 * var).sqrt() / s

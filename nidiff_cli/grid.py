@@ -152,15 +152,17 @@ class Grid:
 
         return tuple(MODEL_CONFIGS[self.base.model.name].image_shape)
 
-    def nfe(self, sde: str, sampler: str, steps: int) -> int:
+    def nfe(self, sde: str, noise: Noise, sampler: str, steps: int) -> int:
         """Score evaluations of one sampler call: a run with a zero score on one image (runs.check_sampler, which
-        raises UsageError for a sampler that does not apply to the SDE); cached."""
-        if (sde, sampler, steps) not in self._nfe:
-            cfg = self.config(Model(sde, Noise("white"), "dsm", 0, self.train_steps))
-            self._nfe[sde, sampler, steps] = check_sampler(
+        raises UsageError for a sampler that does not apply to the SDE and noise, e.g. dpm2m to GFF noise with
+        dc=zero); cached."""
+        check = Noise("gff", noise.power, noise.dc) if noise.kind == "gff" else Noise("white")
+        if (sde, check, sampler, steps) not in self._nfe:
+            cfg = self.config(Model(sde, check, "dsm", 0, self.train_steps))
+            self._nfe[sde, check, sampler, steps] = check_sampler(
                 SamplingSection(method=sampler, steps=steps), sde_of(cfg, self.image_shape), self.image_shape
             )
-        return self._nfe[sde, sampler, steps]
+        return self._nfe[sde, check, sampler, steps]
 
 
 def _suggest(key: str, known: tuple[str, ...]) -> str:
@@ -246,10 +248,12 @@ def _group_cells(group: dict, grid: Grid, where: str) -> list[Cell]:
             except ValueError as err:
                 raise UsageError(f"{where}: {err}") from None
             for sampler, counts in steps_of.items():
-                try:
-                    grid.nfe(sde, sampler, 1)
-                except UsageError as err:
-                    raise UsageError(f"{where}: {sde}: {err}") from None
+                for noise in noises:
+                    try:
+                        if noise.fits(sde):
+                            grid.nfe(sde, noise, sampler, 1)
+                    except UsageError as err:
+                        raise UsageError(f"{where}: {sde} with noise {noise}: {err}") from None
                 models = [Model(sde, noise, loss, seed, budget) for noise in noises if noise.fits(sde)
                           for seed in seeds for budget in budgets]  # fmt: skip
                 cells += [Cell(model, sampler, steps) for model in models for steps in counts]

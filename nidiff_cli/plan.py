@@ -68,7 +68,7 @@ def estimate(grid: Grid) -> dict[Model, ModelCost]:
             train_s=model.train_steps * step_s,
             bpd_s=0.0 if model.noise.dc == "zero" else grid.bpd_images * BPD_IMAGE_S * scale,  # no density at dc=zero
             cells={
-                c: grid.n * grid.nfe(model.sde, c.sampler, c.steps) * EVAL_IMAGE_S * scale + CELL_S
+                c: grid.n * grid.nfe(model.sde, model.noise, c.sampler, c.steps) * EVAL_IMAGE_S * scale + CELL_S
                 for c in grid.cells_of(model)
             },  # fmt: skip
         )
@@ -129,7 +129,7 @@ def plan_text(grid: Grid, costs: dict[Model, ModelCost], done: set, workers: int
                      f"  {share[model] + 1}/{workers}{status}")  # fmt: skip
         for cell, seconds in cost.cells.items():
             label = f"  {cell.sampler} {cell.steps}"
-            nfe = grid.nfe(model.sde, cell.sampler, cell.steps)
+            nfe = grid.nfe(model.sde, model.noise, cell.sampler, cell.steps)
             lines.append(f"{label:<46}{'':>17}{nfe:>7}{seconds:>10.0f}  " + ("done" if cell.key in done else ""))
     total = sum(totals)
     lines += [

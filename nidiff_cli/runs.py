@@ -57,10 +57,11 @@ def digits_metric(cache_dir: pathlib.Path, seed: int) -> tuple[evaluation.Digits
 
 
 def sde_of(cfg: Config, shape: tuple[int, int, int]) -> SDE:
-    """The configuration's SDE on images of `shape`, with GFF noise for nivp / nive (enough to check samplers)."""
+    """The configuration's SDE on images of `shape`, with GFF noise (its power and DC rule) for nivp / nive: enough
+    to check samplers (a data spectrum, like GFF with dc="one", noises every coefficient)."""
     c = cfg.sde
     return make_sde(c.name, shape, N=c.num_scales, beta_min=c.beta_min, beta_max=c.beta_max, sigma_min=c.sigma_min,
-                    sigma_max=c.sigma_max, power=cfg.noise.power)  # fmt: skip
+                    sigma_max=c.sigma_max, power=cfg.noise.power, dc=cfg.noise.dc)  # fmt: skip
 
 
 def check_sampler(sampling: SamplingSection, sde: SDE, shape: tuple[int, int, int], steps: int | None = None) -> int:

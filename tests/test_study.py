@@ -116,6 +116,10 @@ def test_worker_shares_are_balanced_and_fixed():
         (("training.save_every", "training.lrr"), ["training.lrr", "did you mean 'training.lr'"]),
         (('sde = ["vp", "nivp"]', 'sde = ["ve", "nive"]'), ["loss 'ddpm' does not apply to"]),
         (("ddpm = [4, 2]", "als = [4]"), ["--sampler als"]),
+        # The sampler is checked against each noise: dpm2m needs every coefficient noised, dc=zero never noises DC.
+        (('"gff:1"]\nloss = ["ddpm"]\nsamplers = {{ ddpm = [4, 2] }}',
+          '"gff:1:dc=zero"]\nloss = ["ddpm"]\nsamplers = {{ ddpm = [4, 2], dpm2m = [2] }}'),
+         ["nivp with noise gff:1:dc=zero", "dpm2m", "never noised"]),
         (("ddpm = [4, 2]", "ddpm = [4, 0]"), ["samplers.ddpm", ">= 1"]),
         (("seeds = [0, 1]", "seeds = [0, -1]"), ["seeds", ">= 0"]),
         (("n = 16", "n = [16, 32]"), ["n must be one integer"]),
@@ -330,7 +334,7 @@ def test_the_digits_study_grid_holds_both_tiers_and_plans_about_five_hours():
             assert {(sde, noise, "ddpm", sampler, str(s), seed, budget) for s in counts for seed in seeds} <= cells
     # Tier 2: GFF powers, the DC rule and the data spectrum (ddpm 100 / 10, dpm2m 10), NI-VE against VE.
     for noise in ("gff:0.5", "gff:2", "gff:1:dc=zero", "data"):
-        wanted = {("ddpm", "100"), ("ddpm", "10"), ("dpm2m", "10")}
+        wanted = {("ddpm", "100"), ("ddpm", "10")} | ({("dpm2m", "10")} if "dc=zero" not in noise else set())
         assert {("nivp", noise, "ddpm", *c, seed, budget) for c in wanted for seed in seeds} <= cells
     for sde, noise in (("ve", "white"), ("nive", "gff:1")):
         assert {(sde, noise, "dsm", "dpm2m", "10", seed, budget) for seed in seeds} <= cells

@@ -117,9 +117,13 @@ def test_worker_shares_are_balanced_and_fixed():
         (('sde = ["vp", "nivp"]', 'sde = ["ve", "nive"]'), ["loss 'ddpm' does not apply to"]),
         (("ddpm = [4, 2]", "als = [4]"), ["--sampler als"]),
         # The sampler is checked against each noise: dpm2m needs every coefficient noised, dc=zero never noises DC.
-        (('"gff:1"]\nloss = ["ddpm"]\nsamplers = {{ ddpm = [4, 2] }}',
-          '"gff:1:dc=zero"]\nloss = ["ddpm"]\nsamplers = {{ ddpm = [4, 2], dpm2m = [2] }}'),
-         ["nivp with noise gff:1:dc=zero", "dpm2m", "never noised"]),
+        (
+            (
+                '"gff:1"]\nloss = ["ddpm"]\nsamplers = {{ ddpm = [4, 2] }}',
+                '"gff:1:dc=zero"]\nloss = ["ddpm"]\nsamplers = {{ ddpm = [4, 2], dpm2m = [2] }}',
+            ),
+            ["nivp with noise gff:1:dc=zero", "dpm2m", "never noised"],
+        ),
         (("ddpm = [4, 2]", "ddpm = [4, 0]"), ["samplers.ddpm", ">= 1"]),
         (("seeds = [0, 1]", "seeds = [0, -1]"), ["seeds", ">= 0"]),
         (("n = 16", "n = [16, 32]"), ["n must be one integer"]),

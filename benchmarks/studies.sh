@@ -8,9 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 for name in digits_study spectral_study; do
     last=$(python run.py study "benchmarks/$name.toml" --workers 2 | tee /dev/stderr | tail -n 1)
-    read -r done _ total _ <<< "$last"  # "<done> of <total> cells in <csv>"
-    if [[ "$done" != "$total" ]]; then
-        echo "$name stopped at $done of $total cells; rerun this script to continue" >&2
+    if ! [[ "$last" =~ ^([0-9]+)\ of\ ([0-9]+)\ cells && "${BASH_REMATCH[1]}" == "${BASH_REMATCH[2]}" ]]; then
+        echo "$name stopped before its last cell ($last); rerun this script to continue" >&2
         exit 1
     fi
     cp "runs/$name/study.csv" "benchmarks/results/$name.csv"

@@ -55,11 +55,12 @@ def plot_loss_curves(runs: dict[str, Sequence[str | pathlib.Path]], out: str | p
 
 
 def plot_table(table_csv: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
-    """Frechet distance against sampler steps (log scale) from a results CSV (run.py table / study): one panel per
-    sampler, one line per (sde, noise, loss). A point is the mean over the seeds, its bar the Student-t 95%
-    interval of that mean (one seed: the cell's bootstrap interval fd_lo .. fd_hi); the grey band is the real-data
-    floor (mean +- sd) where the CSV has it (docs/math.md §10). Budgets are not mixed: of a CSV with several
-    train_steps values only the rows of the most common one (main_budget) are drawn, and the title says which."""
+    """Frechet distance against sampler steps (both axes log scale) from a results CSV (run.py table / study): one
+    panel per sampler, one line per (sde, noise, loss) in the same colour in every panel. A point is the mean over
+    the seeds, its bar the Student-t 95% interval of that mean (one seed: the cell's bootstrap interval fd_lo ..
+    fd_hi); the grey band is the real-data floor (mean +- sd) where the CSV has it (docs/math.md §10). Budgets are
+    not mixed: of a CSV with several train_steps values only the rows of the most common one (main_budget) are
+    drawn, and the title says which."""
     rows = _read_results(table_csv)
     budget, budgets = main_budget(rows)
     rows = [r for r in rows if (r.get("train_steps") or "") == budget]
@@ -70,7 +71,8 @@ def plot_table(table_csv: str | pathlib.Path, out: str | pathlib.Path) -> pathli
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False, sharey=True)
     for ax, (sampler, lines) in zip(axes[0], sorted(panels.items())):
         _draw(ax, rows, lines)
-        ax.set(xlabel="sampler steps", xscale="log", title=sampler + (f", {budget} training steps" if budget else ""))
+        ax.set(xlabel="sampler steps", xscale="log", yscale="log",
+               title=sampler + (f", {budget} training steps" if budget else ""))  # fmt: skip
         ticks = sorted({s for cells in lines.values() for s in cells})
         ax.set_xticks(ticks, [str(s) for s in ticks])
         ax.minorticks_off()
@@ -83,7 +85,7 @@ def plot_table(table_csv: str | pathlib.Path, out: str | pathlib.Path) -> pathli
 def plot_training_curve(table_csv: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
     """Frechet distance against the training budget (train_steps, linear) from a study's CSV: one panel per
     (sampler, steps) cell with two or more budgets (training_curve_cells), one line per (sde, noise, loss); points,
-    bars and the floor band as in plot_table. ValueError when no cell has two budgets."""
+    bars, colours and the floor band as in plot_table. ValueError when no cell has two budgets."""
     rows = _read_results(table_csv)
     cells = training_curve_cells(rows)
     if not cells:
@@ -137,18 +139,20 @@ def _read_results(table_csv: str | pathlib.Path) -> list[dict]:
 
 
 def _draw(ax, rows: list[dict], lines: dict[tuple, dict[int, list[dict]]]) -> None:
-    """The floor band of `rows` and one line per (sde, noise, loss) of `lines` ({x: the seeds' rows}) on ax."""
+    """The floor band of `rows` and one line per (sde, noise, loss) of `lines` ({x: the seeds' rows}) on ax, its
+    colour fixed by the configuration's place among all of `rows`' configurations."""
     floors = [(float(r["floor_fd"]), float(r["floor_sd"])) for r in rows if r.get("floor_fd")]
     if floors:
         mean, sd = np.mean(floors, axis=0)
         ax.axhspan(mean - sd, mean + sd, color="0.85", label="real-data floor")
-    for i, (name, cells) in enumerate(sorted(lines.items())):
+    configurations = sorted({(r["sde"], r["noise"], r["loss"]) for r in rows})
+    for name, cells in sorted(lines.items()):
         xs = sorted(cells)
         points = [_mean_and_bar(cells[x]) for x in xs]
         y = np.array([p[0] for p in points])
         err = np.array([[p[0] - p[1] for p in points], [p[2] - p[0] for p in points]])
         seeds = max(len(cells[x]) for x in xs)
-        ax.errorbar(xs, y, yerr=err, marker="o", capsize=3, color=f"C{i % 10}",
+        ax.errorbar(xs, y, yerr=err, marker="o", capsize=3, color=f"C{configurations.index(name) % 10}",
                     label=f"{' '.join(name)} ({seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "read_losses",
     "plot_loss_curve",
     "plot_loss_curves",
     "plot_table",
@@ -29,24 +30,30 @@ def _pyplot():
     return plt
 
 
+def read_losses(metrics_jsonl: str | pathlib.Path) -> list[tuple[int, float]]:
+    """(step, loss) of every record of a run's metrics.jsonl that has both; ValueError when none has."""
+    records = [json.loads(line) for line in pathlib.Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    losses = [(int(r["step"]), float(r["loss"])) for r in records if "loss" in r and "step" in r]
+    if not losses:
+        raise ValueError(f"{metrics_jsonl} holds no loss values")
+    return losses
+
+
 def plot_loss_curve(metrics_jsonl: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
     """The training loss (log scale) against the step, from a run's metrics.jsonl."""
-    return plot_loss_curves({"": [metrics_jsonl]}, out)
+    return plot_loss_curves({"": [read_losses(metrics_jsonl)]}, out)
 
 
-def plot_loss_curves(runs: dict[str, Sequence[str | pathlib.Path]], out: str | pathlib.Path) -> pathlib.Path:
-    """Training losses (log scale) against the step: for each label the runs' metrics.jsonl files (e.g. the
-    seeds of one configuration), drawn in one colour; the label "" draws no legend."""
+def plot_loss_curves(runs: dict[str, Sequence[Sequence[tuple[int, float]]]], out: str | pathlib.Path) -> pathlib.Path:
+    """Training losses (log scale) against the step: for each label the runs' (step, loss) sequences (e.g. the
+    seeds of one configuration, read_losses of their metrics.jsonl), drawn in one colour; the label "" draws no
+    legend."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (label, files) in enumerate(runs.items()):
-        for j, path in enumerate(files):
-            rows = [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
-            rows = [r for r in rows if "loss" in r and "step" in r]
-            if not rows:
-                raise ValueError(f"{path} holds no loss values")
-            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=f"C{i % 10}", alpha=0.8,
-                    label=label if label and j == 0 else None)  # fmt: skip
+    for i, (label, curves) in enumerate(runs.items()):
+        for j, curve in enumerate(curves):
+            steps, losses = zip(*curve)
+            ax.plot(steps, losses, color=f"C{i % 10}", alpha=0.8, label=label if label and j == 0 else None)
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
     ax.grid(alpha=0.3)
     if any(runs):

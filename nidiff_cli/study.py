@@ -14,6 +14,7 @@ fixed share of the models (nidiff_cli.plan.assign) and appending to the same CSV
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import pathlib
@@ -29,7 +30,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import evaluation
-from evaluation.plots import main_budget, plot_loss_curves, plot_table, plot_training_curve, training_curve_cells
+from evaluation.plots import (
+    main_budget,
+    plot_loss_curves,
+    plot_table,
+    plot_training_curve,
+    read_losses,
+    training_curve_cells,
+)
 from samplers.progress import progress
 from training import load_model, train
 from training.build import data_sigma_max
@@ -259,18 +267,39 @@ def run_workers(args: argparse.Namespace, grid: Grid, csv_path: pathlib.Path) ->
     return 1 if failed else 0
 
 
-def plots(grid: Grid, csv_path: pathlib.Path) -> int:
-    """fd_vs_steps.png (evaluation.plots.plot_table), fd_vs_training.png (plot_training_curve; only where a cell
-    has two or more budgets), loss_curves.png (the models' losses, one colour per configuration and budget) and
-    summary.md (evaluation.report.study_summary, of the most common budget's rows) in the output directory."""
-    rows = read_rows(csv_path)
-    if not rows:
-        raise UsageError(f"{csv_path} holds no rows yet: run the study first")
-    curves = defaultdict(list)
+def keep_losses(grid: Grid) -> dict[str, list[tuple[int, float]]]:
+    """{model name: its (step, loss) curve} of <out>/losses.csv (columns model, step, loss), updated from the run
+    directories present: the curves outlive the run directories (keep the CSV with the study's)."""
+    path = grid.out / "losses.csv"
+    losses = defaultdict(list)
+    if path.is_file():
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                losses[r["model"]].append((int(r["step"]), float(r["loss"])))
     for model in grid.models:
         metrics = grid.run_dir(model) / "metrics.jsonl"
         if metrics.is_file():
-            curves[f"{model.sde} {model.noise} {model.loss} {model.train_steps} steps"].append(metrics)
+            losses[model.name] = read_losses(metrics)
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["model", "step", "loss"])
+        out.writerows([name, step, f"{loss:.6g}"] for name, curve in sorted(losses.items()) for step, loss in curve)
+    return dict(losses)
+
+
+def plots(grid: Grid, csv_path: pathlib.Path) -> int:
+    """fd_vs_steps.png (evaluation.plots.plot_table), fd_vs_training.png (plot_training_curve; only where a cell
+    has two or more budgets), loss_curves.png (the models' losses, one colour per configuration and budget, from
+    keep_losses) and summary.md (evaluation.report.study_summary, of the most common budget's rows) in the output
+    directory."""
+    rows = read_rows(csv_path)
+    if not rows:
+        raise UsageError(f"{csv_path} holds no rows yet: run the study first")
+    losses = keep_losses(grid)
+    curves = defaultdict(list)
+    for model in grid.models:
+        if model.name in losses:
+            curves[f"{model.sde} {model.noise} {model.loss} {model.train_steps} steps"].append(losses[model.name])
     written = [plot_table(csv_path, grid.out / "fd_vs_steps.png")]
     if training_curve_cells(rows):
         written.append(plot_training_curve(csv_path, grid.out / "fd_vs_training.png"))

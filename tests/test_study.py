@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -326,6 +327,13 @@ def test_a_stopped_study_resumes_without_training_any_model_twice(tmp_path, caps
     assert code == 0 and {"fd_vs_steps.png", "loss_curves.png", "summary.md"} <= written
     assert "fd_vs_training.png" not in written  # one budget: no training curve
     assert "| nivp gff:1 ddpm | ddpm | 4 | 2 |" in (out / "summary.md").read_text()
+    # The loss curves outlive the run directories: losses.csv keeps every model's, the plots read it.
+    kept = (out / "losses.csv").read_text()
+    with open(out / "losses.csv", newline="") as f:
+        assert {r["model"] for r in csv.DictReader(f)} == {m.name for m in load_grid(path).models}
+    shutil.rmtree(out / "models")
+    assert in_process(["study", str(path), "--plots"], capsys)[0] == 0
+    assert (out / "losses.csv").read_text() == kept
 
 
 def test_the_digits_study_grid_holds_both_tiers_and_plans_at_most_about_five_hours():

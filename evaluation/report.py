@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
@@ -56,12 +56,17 @@ def _over_seeds(values: dict[int, float], baseline: dict[int, float] | None, dig
     return show(list(values.values())), diff
 
 
-def study_summary(rows: list[dict], configurations: Sequence[tuple[str, str, str]]) -> str:
+def study_summary(
+    rows: list[dict],
+    configurations: Sequence[tuple[str, str, str]],
+    baselines: Mapping[tuple[str, str, str], tuple[str, str, str]] | None = None,
+) -> str:
     """Markdown of a study's CSV rows: for each configuration (sde, noise, loss) and cell (sampler, steps) the
-    Frechet distance over seeds (mean and 95% Student-t interval) and its paired difference to the first
-    configuration (the baseline) over their common seeds; then bits/dim likewise (docs/math.md §10)."""
+    Frechet distance over seeds (mean and 95% Student-t interval) and its paired difference to the configuration's
+    baseline (`baselines`, default the first configuration) over their common seeds; then bits/dim likewise
+    (docs/math.md §10)."""
     configurations = [tuple(c) for c in configurations]
-    base = configurations[0]
+    base_of = {c: tuple((baselines or {}).get(c, configurations[0])) for c in configurations}
     fd, bpd, floor = defaultdict(dict), defaultdict(dict), {}
     for r in rows:
         config = (r["sde"], r["noise"], r["loss"])
@@ -69,20 +74,26 @@ def study_summary(rows: list[dict], configurations: Sequence[tuple[str, str, str
         if r["bpd"]:
             bpd[config][int(r["seed"])] = float(r["bpd"])
         floor[r["n"]] = f"{float(r['floor_fd']):.2f} +- {float(r['floor_sd']):.2f}"
-    lines = [f"Baseline: {' '.join(base)}; a paired difference uses the seeds both configurations have.", "",
-             "| configuration | sampler | steps | seeds | FD, mean [95% CI] | FD - baseline, paired [95% CI] |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    named = sorted(set(base_of.values()), key=configurations.index)
+    lines = [f"Baseline{'s' if len(named) > 1 else ''}: {'; '.join(' '.join(b) for b in named)} (the column "
+             "baseline names each row's); a paired difference uses the seeds both configurations have.", "",
+             "| configuration | sampler | steps | seeds | FD, mean [95% CI] | baseline | FD - baseline, paired "
+             "[95% CI] |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for sampler, steps in sorted({(s, n) for _, s, n in fd}, key=lambda c: (c[0], -c[1])):
         for config in (c for c in configurations if (c, sampler, steps) in fd):
-            values = fd[config, sampler, steps]
+            values, base = fd[config, sampler, steps], base_of[config]
             mean, diff = _over_seeds(values, fd.get((base, sampler, steps)) if config != base else None, 2)
-            lines.append(f"| {' '.join(config)} | {sampler} | {steps} | {len(values)} | {mean} | {diff} |")
+            against = " ".join(base) if diff else ""
+            lines.append(f"| {' '.join(config)} | {sampler} | {steps} | {len(values)} | {mean} | {against} | {diff} |")
     lines += ["", "Real-data floor (n train digits against the test digits, mean +- sd over 20 draws): "
               + "; ".join(f"n = {n}: {text}" for n, text in floor.items())]  # fmt: skip
     if bpd:
-        lines += ["", "| configuration | seeds | bits/dim, mean [95% CI] | bits/dim - baseline, paired [95% CI] |",
-                  "|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| configuration | seeds | bits/dim, mean [95% CI] | baseline | bits/dim - baseline, paired "
+                  "[95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
         for config in (c for c in configurations if c in bpd):
+            base = base_of[config]
             mean, diff = _over_seeds(bpd[config], bpd.get(base) if config != base else None, 3)
-            lines.append(f"| {' '.join(config)} | {len(bpd[config])} | {mean} | {diff} |")
+            lines.append(f"| {' '.join(config)} | {len(bpd[config])} | {mean} | {' '.join(base) if diff else ''} | "
+                         f"{diff} |")  # fmt: skip
     return "\n".join(lines)

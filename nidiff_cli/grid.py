@@ -19,6 +19,8 @@
     loss = ["ddpm"]
     samplers = { ddpm = [1000, 100, 50, 20, 10], dpm2m = [10, 20, 50] }
     train_steps = [500, 1000, 2000]  # optional: this group's budgets, one model each (default: the top-level one)
+    baseline = "vp white ddpm"   # optional: the configuration this group's paired differences are taken against
+                                 # (default: the grid's first configuration)
 
 A model is (sde, noise, loss, seed, train_steps), trained once from scratch in <out>/models/<name> (each budget its
 own run and lr schedule); a cell is a model with a sampler and a step count. The grid's own keys set the fields of
@@ -50,7 +52,7 @@ else:  # pragma: no cover
 
 __all__ = ["Model", "Cell", "Grid", "load_grid", "GROUP_KEYS", "TOP_KEYS", "GRID_FIELDS"]
 
-GROUP_KEYS = ("name", "sde", "noise", "loss", "samplers", "seeds", "train_steps")
+GROUP_KEYS = ("name", "sde", "noise", "loss", "samplers", "seeds", "train_steps", "baseline")
 TOP_KEYS = ("out", "n", "bpd", "bpd_images", "sigma_max", "config", "group", *GROUP_KEYS[1:])
 # Configuration fields the grid sets itself (its keys, or the cell).
 GRID_FIELDS = {
@@ -114,7 +116,14 @@ class Grid:
     bpd_images: int  # 0: no bits/dim
     sigma_max: float | None  # None: from the data (ve / nive)
     cells: list[Cell]
+    # (sde, noise, loss) -> the configuration its paired differences are taken against (summary.md)
+    baselines: dict[tuple[str, str, str], tuple[str, str, str]] = field(default_factory=dict)
     _nfe: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def configurations(self) -> list[tuple[str, str, str]]:
+        """(sde, noise, loss) of the models in order of first appearance."""
+        return list(dict.fromkeys((m.sde, str(m.noise), m.loss) for m in self.models))
 
     @property
     def models(self) -> list[Model]:
@@ -297,9 +306,27 @@ def load_grid(path: str | pathlib.Path, out: pathlib.Path | None = None) -> Grid
     if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         raise UsageError(f"{where}: group must be an array of tables ([[group]])")
     defaults = {k: tree[k] for k in GROUP_KEYS[1:] if k in tree}
+    wanted = {}
     for i, group in enumerate(groups):
         label = f"{where}: group {group.get('name', i + 1)!r}" if len(groups) > 1 else where
         _check_keys(group, GROUP_KEYS, label)
         cells = _group_cells({**defaults, **group}, grid, label)
         grid.cells += [c for c in cells if c not in grid.cells]
+        for m in (c.model for c in cells):
+            wanted.setdefault((m.sde, str(m.noise), m.loss), (group.get("baseline", defaults.get("baseline")), label))
+    first = grid.configurations[0]
+    for config, (baseline, label) in wanted.items():
+        grid.baselines[config] = first if baseline is None else _configuration(baseline, grid, label)
     return grid
+
+
+def _configuration(text: object, grid: Grid, where: str) -> tuple[str, str, str]:
+    """The grid's configuration named by "sde noise loss" (a group's baseline)."""
+    parts = tuple(text.split()) if isinstance(text, str) else ()
+    if len(parts) == 3:
+        parts = (parts[0], str(parse_noise(parts[1])), parts[2])
+    if parts not in grid.configurations:
+        named = ", ".join(f'"{" ".join(c)}"' for c in grid.configurations)
+        raise UsageError(f'{where}: baseline must be "sde noise loss" of one of the grid\'s configurations '
+                         f"({named}), got {text!r}")  # fmt: skip
+    return parts

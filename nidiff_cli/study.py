@@ -306,10 +306,10 @@ def plots(grid: Grid, csv_path: pathlib.Path) -> int:
     if curves:
         written.append(plot_loss_curves(curves, grid.out / "loss_curves.png"))
     summary = grid.out / "summary.md"
-    configurations = list(dict.fromkeys((m.sde, str(m.noise), m.loss) for m in grid.models))
     budget, budgets = main_budget(rows)
     note = f"Rows of train_steps = {budget}, the most common of the budgets {', '.join(budgets)}.\n\n"
     rows = [r for r in rows if r["train_steps"] == budget]
-    summary.write_text((note if len(budgets) > 1 else "") + evaluation.study_summary(rows, configurations) + "\n")
+    table = evaluation.study_summary(rows, grid.configurations, grid.baselines)
+    summary.write_text((note if len(budgets) > 1 else "") + table + "\n")
     print("wrote " + ", ".join(str(p) for p in [*written, summary]))
     return 0

@@ -15,6 +15,8 @@ import pytest
 
 import run
 from evaluation.plots import main_budget, plot_table, plot_training_curve, training_curve_cells
+from evaluation.report import study_summary
+from evaluation.stats import paired_interval
 from nidiff_cli.common import UsageError
 from nidiff_cli.grid import Model, load_grid
 from nidiff_cli.plan import ModelCost, assign, estimate
@@ -128,6 +130,7 @@ def test_worker_shares_are_balanced_and_fixed():
         (("ddpm = [4, 2]", "ddpm = [4, 0]"), ["samplers.ddpm", ">= 1"]),
         (("seeds = [0, 1]", "seeds = [0, -1]"), ["seeds", ">= 0"]),
         (("n = 16", "n = [16, 32]"), ["n must be one integer"]),
+        (('loss = ["ddpm"]', 'loss = ["ddpm"]\nbaseline = "ve white dsm"'), ["baseline must be", '"vp white ddpm"']),
         (('preset = "tiny"', 'preset = "tiny"\ndata.dataset = "cifar10"'), ["scores digits"]),
     ],
 )
@@ -355,3 +358,63 @@ def test_the_digits_study_grid_holds_both_tiers_and_plans_at_most_about_five_hou
     share = assign(costs, 2)
     wall = max(sum(c.total for m, c in costs.items() if share[m] == k) for k in (0, 1))
     assert wall < 5.5 * 3600  # two one-thread workers, by the cost model of nidiff_cli/plan.py
+
+
+def test_each_group_pairs_its_configurations_with_its_baseline(tmp_path):
+    body = (
+        TINY_GRID
+        + """
+[[group]]
+name = "vp family"
+
+[[group]]
+name = "ve family"
+sde = ["ve", "nive"]
+loss = ["dsm"]
+samplers = {{ pc = [4] }}
+baseline = "ve white dsm"
+"""
+    )
+    grid = load_grid(tiny_grid(tmp_path, body))
+    vp, nivp, ve, nive = (
+        ("vp", "white", "ddpm"),
+        ("nivp", "gff:1", "ddpm"),
+        ("ve", "white", "dsm"),
+        ("nive", "gff:1", "dsm"),
+    )
+    assert grid.configurations == [vp, nivp, ve, nive]
+    assert grid.baselines == {vp: vp, nivp: vp, ve: ve, nive: ve}
+
+    def row(config, sampler, seed, fd, bpd):
+        return dict(zip(("sde", "noise", "loss"), config), sampler=sampler, steps="4", seed=str(seed), fd=str(fd),
+                    bpd=str(bpd), n="16", floor_fd="1.0", floor_sd="0.1")  # fmt: skip
+
+    fds = {vp: [10.0, 12.0, 11.0], nivp: [11.0, 14.0, 12.5], ve: [20.0, 21.0, 25.0], nive: [19.0, 22.5, 24.0]}
+    bpds = {vp: [2.1, 2.2, 2.15], nivp: [2.3, 2.25, 2.4], ve: [3.0, 3.1, 3.2], nive: [2.9, 3.0, 3.3]}
+    rows = [row(c, "pc" if c[2] == "dsm" else "ddpm", s, fds[c][s], bpds[c][s]) for c in fds for s in range(3)]
+    lines = study_summary(rows, grid.configurations, grid.baselines).splitlines()
+    assert lines[0].startswith("Baselines: vp white ddpm; ve white dsm")
+
+    def cells(prefix):
+        (line,) = [x for x in lines if x.startswith(prefix)]
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    checks = [("| nive gff:1 dsm | pc | 4 |", nive, ve, 5, 2, fds),
+              ("| nivp gff:1 ddpm | ddpm | 4 |", nivp, vp, 5, 2, fds),
+              ("| nive gff:1 dsm | 3 |", nive, ve, 3, 3, bpds)]  # fmt: skip
+    for prefix, config, base, column, digits, values in checks:
+        diff = paired_interval(values[config], values[base])
+        got = cells(prefix)
+        assert got[column] == " ".join(base)
+        assert got[column + 1] == f"{diff.value:.{digits}f} [{diff.lo:.{digits}f}, {diff.hi:.{digits}f}]"
+    assert cells("| ve white dsm | pc | 4")[5:] == ["", ""]  # a baseline has no difference to itself
+
+
+def test_the_readme_grid_example_loads(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```toml\nout = ")
+    example = text[start + len("```toml\n") : text.index("```", start + 7)]
+    path = tmp_path / "example.toml"
+    path.write_text(example)
+    grid = load_grid(path, out=tmp_path / "out")
+    assert ("nivp", "gff:1:dc=zero", "ddpm") in grid.configurations and grid.cells

@@ -20,14 +20,15 @@ from .grid import Cell, Grid, Model
 __all__ = ["ModelCost", "estimate", "assign", "plan_text", "trained_steps"]
 
 DIGITS_MACS = 16.2e6  # forward multiply-accumulates per 8x8 image (benchmarks/RESULTS.md, Models)
-# A training step: 0.08 s + 2.1 ms per image: 0.21 s at batch 64 (benchmarks/RESULTS.md, Training: 600 steps in
-# 117 s; 0.16-0.27 s measured for this plan), 0.35 s at 128 (305-353 ms there).
-TRAIN_STEP_S, TRAIN_IMAGE_S = 0.08, 2.1e-3
-# One network evaluation of one image in a sampling batch of 250-1000: 0.55-0.67 ms measured for this plan (ddpm,
-# dpm2m); the main job's 256 samples x 100 pc steps took 13 s (0.5 ms).
-EVAL_IMAGE_S = 7e-4
-# Bits/dim of one digit through the probability-flow ODE at rtol = atol = 1e-3: the main job's 64 digits took 19 s.
-BPD_IMAGE_S = 0.3
+# Measured in the digits study's own log (runs/digits_study/study.log and the worker logs: two one-thread workers
+# on the otherwise quiet 2-core machine). A training step: 0.03 s + 1.05 ms per image, 0.16 s at batch 128 (2000
+# steps in 300-330 s; 380 s while a third process ran). The earlier constants (0.08 s + 2.1 ms, 0.7 ms an
+# evaluation, 0.3 s a bits/dim image) were measured beside test runs and over-estimated the study about 2x.
+TRAIN_STEP_S, TRAIN_IMAGE_S = 0.03, 1.05e-3
+# One network evaluation of one image in a sampling batch of 500: 0.33 ms (ddpm 100 steps x 1000 images in 32 s).
+EVAL_IMAGE_S = 3.3e-4
+# Bits/dim of one digit (probability-flow ODE, rtol = atol = 1e-3, all 360 test digits in one batch: 17 s).
+BPD_IMAGE_S = 0.05
 # Scoring a cell: features, Frechet distance, its 200 bootstrap resamples, precision / recall (1-2 s at n = 1000).
 CELL_S = 3.0
 

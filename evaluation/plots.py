@@ -80,6 +80,7 @@ def plot_table(table_csv: str | pathlib.Path, out: str | pathlib.Path) -> pathli
         _draw(ax, rows, lines)
         ax.set(xlabel="sampler steps", xscale="log", yscale="log",
                title=sampler + (f", {budget} training steps" if budget else ""))  # fmt: skip
+        _plain_numbers(ax.yaxis)
         ticks = sorted({s for cells in lines.values() for s in cells})
         ax.set_xticks(ticks, [str(s) for s in ticks])
         ax.minorticks_off()
@@ -90,9 +91,10 @@ def plot_table(table_csv: str | pathlib.Path, out: str | pathlib.Path) -> pathli
 
 
 def plot_training_curve(table_csv: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
-    """Frechet distance against the training budget (train_steps, linear) from a study's CSV: one panel per
-    (sampler, steps) cell with two or more budgets (training_curve_cells), one line per (sde, noise, loss); points,
-    bars, colours and the floor band as in plot_table. ValueError when no cell has two budgets."""
+    """Frechet distance against the training budget (train_steps, linear; FD on a log axis) from a study's CSV: one
+    panel per (sampler, steps) cell with two or more budgets (training_curve_cells), one line per (sde, noise, loss)
+    that has two or more budgets there, drawn over the seeds it has at every budget (a paired curve); points, bars,
+    colours and the floor band as in plot_table. ValueError when no cell has two budgets."""
     rows = _read_results(table_csv)
     cells = training_curve_cells(rows)
     if not cells:
@@ -103,6 +105,13 @@ def plot_training_curve(table_csv: str | pathlib.Path, out: str | pathlib.Path) 
     for r in rows:
         if (r["sampler"], int(r["steps"])) in cells and r.get("train_steps"):
             panels[r["sampler"], int(r["steps"])][(r["sde"], r["noise"], r["loss"])][int(r["train_steps"])].append(r)
+    for lines in panels.values():
+        for name in [n for n, by_budget in lines.items() if len(by_budget) < 2]:
+            del lines[name]
+        for by_budget in lines.values():
+            common = set.intersection(*({r["seed"] for r in seeds} for seeds in by_budget.values()))
+            for budget, seeds in by_budget.items():
+                by_budget[budget] = [r for r in seeds if r["seed"] in common]
     plt = _pyplot()
     cols = min(4, len(cells))
     grid_rows = -(-len(cells) // cols)
@@ -110,7 +119,8 @@ def plot_training_curve(table_csv: str | pathlib.Path, out: str | pathlib.Path) 
     for ax, (sampler, steps) in zip(axes.flat, cells):
         lines = panels[sampler, steps]
         _draw(ax, rows, lines)
-        ax.set(xlabel="training steps", title=f"{sampler}, {steps} sampler steps")
+        ax.set(xlabel="training steps", yscale="log", title=f"{sampler}, {steps} sampler steps")
+        _plain_numbers(ax.yaxis)
         ticks = sorted({b for budgets in lines.values() for b in budgets})
         ax.set_xticks(ticks, [str(b) for b in ticks])
     for ax in axes.flat[len(cells) :]:
@@ -163,6 +173,14 @@ def _draw(ax, rows: list[dict], lines: dict[tuple, dict[int, list[dict]]]) -> No
                     label=f"{' '.join(name)} ({seeds} seed{'s' if seeds > 1 else ''})")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+
+
+def _plain_numbers(axis) -> None:
+    """Tick labels of a log axis as plain numbers (12, not 1.2 x 10^1)."""
+    from matplotlib.ticker import LogFormatter
+
+    axis.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def _mean_and_bar(cells: list[dict]) -> tuple[float, float, float]:

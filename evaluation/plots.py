@@ -176,11 +176,14 @@ def _draw(ax, rows: list[dict], lines: dict[tuple, dict[int, list[dict]]]) -> No
 
 
 def _plain_numbers(axis) -> None:
-    """Tick labels of a log axis as plain numbers (12, not 1.2 x 10^1)."""
-    from matplotlib.ticker import LogFormatter
+    """Ticks of a log axis at 1, 2, 5 x 10^k inside its range, labelled as plain numbers (12, not 1.2 x 10^1)."""
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
 
-    axis.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    lo, hi = sorted(axis.get_view_interval())
+    ticks = [m * 10.0**e for e in range(-3, 7) for m in (1, 2, 5) if lo <= m * 10.0**e <= hi]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_locator(NullLocator())
 
 
 def _mean_and_bar(cells: list[dict]) -> tuple[float, float, float]:

@@ -165,7 +165,7 @@ class Grid:
         """Score evaluations of one sampler call: a run with a zero score on one image (runs.check_sampler, which
         raises UsageError for a sampler that does not apply to the SDE and noise, e.g. dpm2m to GFF noise with
         dc=zero); cached."""
-        check = Noise("gff", noise.power, noise.dc) if noise.kind == "gff" else Noise("white")
+        check = noise if noise.kind == "gff" else Noise("white")  # a data spectrum noises every coefficient
         if (sde, check, sampler, steps) not in self._nfe:
             cfg = self.config(Model(sde, check, "dsm", 0, self.train_steps))
             self._nfe[sde, check, sampler, steps] = check_sampler(
